@@ -1,0 +1,366 @@
+"""CIFAR-10: download (verified), load, normalise and batch.
+
+The course interface is kept::
+
+    cifar10 = get_cifar10('cifar10/cifar-10-batches-py')
+    x, y = cifar10['train'].next_batch(200)   # x: float32 (200, 3, 32, 32), y: float32 (200, 10)
+
+Images keep the course's pixel scale (0..255) with the training set's mean image subtracted.
+
+Where the data comes from, in order:
+
+1. ``data_dir`` (default ``cifar10/cifar-10-batches-py``, or ``$CIFAR10_DIR`` when it is set),
+   the folder holding ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
+2. otherwise the official archive is downloaded (``$CIFAR10_URL`` overrides the address,
+   ``$CIFAR10_MD5`` its checksum, for a mirror), verified against its MD5, extracted with
+   tarfile's ``data`` filter into a temporary folder beside ``data_dir`` and moved into place
+   only when complete. ``download=False`` or ``CIFAR10_DOWNLOAD=0`` switches this off.
+
+The batch files are pickles; they are read with an unpickler that admits only what a CIFAR-10
+batch holds (NumPy arrays, lists, strings, numbers), so a tampered file cannot run code.
+"""
+import hashlib
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+CIFAR10_FOLDER = 'cifar10/cifar-10-batches-py'
+CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
+ARCHIVE_FOLDER = 'cifar-10-batches-py'  # the folder inside the official archive
+TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
+TEST_FILES = ('test_batch',)
+N_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
+CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer',
+           'dog', 'frog', 'horse', 'ship', 'truck')
+
+
+class CIFAR10Error(RuntimeError):
+    """The data cannot be found, fetched or read; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals a CIFAR-10 batch file needs.
+
+    The official files are Python 2 pickles of dicts holding a uint8 ndarray, lists of ints and
+    byte strings; NumPy arrays rebuild through the callables listed here and nothing else.
+    """
+
+    ALLOWED = {
+        ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy._core.multiarray', 'scalar'),
+        ('numpy._core.numeric', '_frombuffer'),
+        ('numpy', 'ndarray'),
+        ('numpy', 'dtype'),
+        ('_codecs', 'encode'),  # how Python 3 writes bytes in protocol 2
+    }
+
+    def find_class(self, module, name):
+        if module.startswith('numpy.core'):  # pickles written before NumPy 2
+            module = 'numpy._core' + module[len('numpy.core'):]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+        return super().find_class(module, name)
+
+
+def load_batch(path):
+    """Reads one CIFAR-10 batch file.
+
+    Returns:
+        data: uint8 array of shape (N, 3, 32, 32), channels R, G, B.
+        labels: int64 array of shape (N,), values in 0..9.
+    Raises:
+        CIFAR10Error naming the file when it is missing, unsafe, truncated or malformed.
+    """
+    try:
+        with open(path, 'rb') as f:
+            batch = _BatchUnpickler(f, encoding='latin1').load()
+    except FileNotFoundError:
+        raise CIFAR10Error(f'{path} is missing.') from None
+    except pickle.UnpicklingError as e:
+        if 'refusing' in str(e):
+            raise CIFAR10Error(f'{path} is not a CIFAR-10 batch file: it asks to load code '
+                               f'({e}). Delete it and download the data again.') from None
+        raise CIFAR10Error(f'{path} is truncated or corrupt ({e}). '
+                           'Delete it and download the data again.') from None
+    except Exception as e:  # EOFError, ValueError, ... from a damaged stream
+        raise CIFAR10Error(f'{path} is truncated or corrupt ({type(e).__name__}: {e}). '
+                           'Delete it and download the data again.') from None
+    try:
+        data, labels = batch['data'], np.asarray(batch['labels'], dtype=np.int64)
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == 3072 and labels.shape == (len(data),)):
+            raise ValueError
+    except (TypeError, KeyError, ValueError, IndexError):
+        raise CIFAR10Error(f'{path} does not hold a CIFAR-10 batch (a dict with a uint8 '
+                           "'data' array of shape (N, 3072) and N 'labels').") from None
+    if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise CIFAR10Error(f'{path} has labels outside 0..9.')
+    # The rows are already laid out as 3 planes of 32 x 32: a reshape, no copy.
+    return data.reshape(-1, *IMAGE_SHAPE), labels
+
+
+def _load_split(data_dir, names):
+    parts = [load_batch(os.path.join(data_dir, n)) for n in names]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _progress_bar(total):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a progress bar is a comfort, not a requirement
+        return None
+    return tqdm(total=total, unit='B', unit_scale=True, desc='CIFAR-10', leave=False)
+
+
+def _fetch(url, dest, md5):
+    """Streams url into the open file dest, returning its MD5 hex digest."""
+    digest = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        size = response.headers.get('Content-Length')
+        total = int(size) if size and size.isdigit() else None
+        bar = _progress_bar(total)
+        received = 0
+        try:
+            while chunk := response.read(1 << 20):
+                dest.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+    if total is not None and received != total:
+        raise CIFAR10Error(f'The download from {url} stopped after {received} of {total} '
+                           'bytes; nothing was kept. Try again.')
+    return digest.hexdigest()
+
+
+def download_cifar10(data_dir, url=None, md5=None):
+    """Downloads, verifies and extracts the archive so that data_dir holds the batch files.
+
+    Everything is written inside a temporary folder beside data_dir, which is renamed to
+    data_dir only once the archive is verified and fully extracted: an interrupted or corrupt
+    download leaves nothing behind.
+    """
+    url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
+    md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
+    data_dir = os.path.abspath(data_dir)
+    parent = os.path.dirname(data_dir)
+    os.makedirs(parent, exist_ok=True)
+    print(f'Downloading CIFAR-10 from {url} to {data_dir}', file=sys.stderr)
+    tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)
+    try:
+        archive = os.path.join(tmp, 'cifar-10-python.tar.gz')
+        try:
+            with open(archive, 'wb') as f:
+                got = _fetch(url, f, md5)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, 'reason', e)
+            raise CIFAR10Error(
+                f'Could not download CIFAR-10 from {url} ({reason}). Without network access, '
+                f'place the batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
+                f'in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.') from None
+        if got != md5:
+            raise CIFAR10Error(f'The archive from {url} has MD5 {got}, expected {md5}: it is '
+                               'corrupt or not CIFAR-10, and was deleted. Try again.')
+        try:
+            with tarfile.open(archive, 'r:gz') as tar:
+                tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise CIFAR10Error(f'Could not extract the archive from {url} ({e}).') from None
+        extracted = os.path.join(tmp, ARCHIVE_FOLDER)
+        missing = [n for n in TRAIN_FILES + TEST_FILES
+                   if not os.path.isfile(os.path.join(extracted, n))]
+        if missing:
+            raise CIFAR10Error(f'The archive from {url} lacks {", ".join(missing)} under '
+                               f'{ARCHIVE_FOLDER}/.')
+        os.replace(extracted, data_dir)
+    except BaseException:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            print('Download interrupted; nothing was kept.', file=sys.stderr)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _env_flag(name, default=True):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ('0', 'false', 'no', 'off', '')
+
+
+def ensure_cifar10(data_dir, download=True):
+    """Returns data_dir once it holds the batch files, downloading them when allowed."""
+    names = TRAIN_FILES + TEST_FILES
+    missing = [n for n in names if not os.path.isfile(os.path.join(data_dir, n))]
+    if not missing:
+        return data_dir
+    if os.path.isdir(data_dir) and len(missing) < len(names):
+        raise CIFAR10Error(f'{data_dir} lacks {", ".join(missing)}. Put the missing batch '
+                           'files there, or delete the folder to download it again.')
+    if os.path.exists(data_dir) and os.listdir(data_dir):
+        raise CIFAR10Error(f'{data_dir} exists but holds no CIFAR-10 batch files. Point '
+                           '--data_dir or CIFAR10_DIR at the folder with data_batch_1..5 '
+                           'and test_batch.')
+    if not (download and _env_flag('CIFAR10_DOWNLOAD')):
+        raise CIFAR10Error(f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
+                           'batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
+                           'there, or point CIFAR10_DIR or --data_dir at them.')
+    if os.path.isdir(data_dir):
+        os.rmdir(data_dir)  # empty (checked above); the extracted folder replaces it
+    download_cifar10(data_dir)
+    return data_dir
+
+
+def default_data_dir():
+    """$CIFAR10_DIR when set, else the course's folder."""
+    return os.environ.get('CIFAR10_DIR') or CIFAR10_FOLDER
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+class DataSet:
+    """Images and labels of one split, served in shuffled mini-batches.
+
+    Attributes:
+        images: float32 array of shape (N, 3, 32, 32).
+        labels: float32 one-hot array of shape (N, 10), or int64 array of shape (N,).
+        num_examples: N.
+        epochs_completed: how many full passes next_batch has finished.
+    """
+
+    def __init__(self, images, labels, seed=None):
+        if len(images) != len(labels):
+            raise ValueError(f'{len(images)} images but {len(labels)} labels.')
+        self._images = images
+        self._labels = labels
+        self._num_examples = len(images)
+        self._epochs_completed = 0
+        self._index_in_epoch = 0
+        self._rng = np.random.default_rng(seed)
+        # Every epoch is shuffled, the first too: a file's stored order may be sorted by class.
+        self._order = self._rng.permutation(self._num_examples)
+
+    @property
+    def images(self):
+        return self._images
+
+    @property
+    def labels(self):
+        return self._labels
+
+    @property
+    def num_examples(self):
+        return self._num_examples
+
+    @property
+    def epochs_completed(self):
+        return self._epochs_completed
+
+    def next_batch(self, batch_size):
+        """Returns the next (images, labels) batch, reshuffling when an epoch ends.
+
+        An epoch's last incomplete batch is skipped, so every batch has batch_size examples.
+        """
+        if not 0 < batch_size <= self._num_examples:
+            raise ValueError(f'batch_size must be between 1 and the {self._num_examples} '
+                             f'examples of this set, got {batch_size}.')
+        start = self._index_in_epoch
+        if start + batch_size > self._num_examples:
+            self._epochs_completed += 1
+            # Shuffle an index, not the data: a batch gathers 200 rows instead of the epoch
+            # copying all 600 MB of images.
+            self._order = self._rng.permutation(self._num_examples)
+            start = 0
+        self._index_in_epoch = end = start + batch_size
+        idx = self._order[start:end]
+        return self._images[idx], self._labels[idx]
+
+
+def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
+    """int array (N,) -> one-hot array (N, n_classes)."""
+    out = np.zeros((len(labels), n_classes), dtype=dtype)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, seed=None):
+    """Loads the splits into DataSets; see get_cifar10."""
+    raw_train, raw_test = _load_raw(data_dir, download)
+    n_train = len(raw_train[0])
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) \
+            or not 0 <= validation_size < n_train:
+        raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
+                         f'training set has {n_train} images), got {validation_size!r}.')
+    (x_val, y_val), (x_train, y_train) = [
+        (raw_train[0][s], raw_train[1][s])
+        for s in (slice(0, validation_size), slice(validation_size, None))]
+    mean_image = x_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+    encode = dense_to_one_hot if one_hot else (lambda y: y)
+    seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
+    return {name: DataSet(_normalise(x, mean_image), encode(y), seed=s)
+            for (name, (x, y)), s in zip((('train', (x_train, y_train)),
+                                          ('validation', (x_val, y_val)),
+                                          ('test', raw_test)), seeds)}
+
+
+def _normalise(x, mean_image):
+    out = x.astype(np.float32)
+    out -= mean_image  # in place: one float32 copy of the images, not two
+    return out
+
+
+def _load_raw(data_dir, download):
+    ensure_cifar10(data_dir, download)
+    return _load_split(data_dir, TRAIN_FILES), _load_split(data_dir, TEST_FILES)
+
+
+def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None):
+    """Returns {'train', 'validation', 'test'} DataSets of CIFAR-10.
+
+    Args:
+        data_dir: folder with data_batch_1..5 and test_batch; default $CIFAR10_DIR or
+            cifar10/cifar-10-batches-py. Downloaded there when missing (see the module doc).
+        one_hot: labels as float32 one-hot (N, 10) if True, else int64 (N,).
+        validation_size: how many of the first training images form the validation set.
+        download: whether a missing dataset may be downloaded.
+        seed: seeds the shuffling of next_batch, for reproducible runs.
+    Returns:
+        dict of DataSet; images float32 (N, 3, 32, 32) with the mean image of the (remaining)
+        training set subtracted.
+    Raises:
+        ValueError: a bad validation_size.
+        CIFAR10Error: the data cannot be found, downloaded or read.
+    """
+    return read_data_sets(data_dir or default_data_dir(), one_hot=one_hot,
+                          validation_size=validation_size, download=download, seed=seed)
+
+
+if __name__ == '__main__':
+    # `python cifar10_utils.py [DATA_DIR]` fetches the data and prints the split sizes.
+    try:
+        splits = get_cifar10(sys.argv[1] if len(sys.argv) > 1 else None)
+    except CIFAR10Error as err:
+        sys.exit(f'error: {err}')
+    for split, ds in splits.items():
+        print(f'{split:10s} {ds.num_examples:6d} images {ds.images.shape[1:]}')

@@ -1,0 +1,248 @@
+"""Gradient checks: every hand-written backward pass against central differences, in float64.
+
+    python unittests.py        # or: python -m pytest unittests.py
+
+NumPy modules: a check passes when the largest elementwise relative error
+(gradient_check.rel_error) is at most 1e-5. Batch normalization: torch.autograd.gradcheck on
+the manual function, and agreement with torch.nn.BatchNorm1d to 1e-8.
+"""
+import unittest
+
+import numpy as np
+import torch
+from torch import nn
+
+from custom_batchnorm import (
+    CustomBatchNormAutograd,
+    CustomBatchNormManualFunction,
+    CustomBatchNormManualModule,
+)
+from gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from mlp_numpy import MLP
+from modules import CrossEntropyModule, LinearModule, ReLUModule, SoftMaxModule
+
+TOL = 1e-5
+
+
+def random_probabilities(rng, shape):
+    p = rng.uniform(0.05, 1.0, size=shape)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def random_targets(rng, n, c):
+    return np.eye(c)[rng.integers(0, c, size=n)]
+
+
+class GradientCase(unittest.TestCase):
+    def setUp(self):
+        self.rng = np.random.default_rng(0)
+
+    def assertGradClose(self, analytic, numeric, what):
+        self.assertEqual(analytic.shape, numeric.shape, what)
+        err = rel_error(analytic, numeric)
+        self.assertLessEqual(err, TOL, f'{what}: relative error {err:.2e}')
+
+
+class TestLosses(GradientCase):
+
+    def test_crossentropy_loss(self):
+        n, c = 8, 6
+        x = random_probabilities(self.rng, (n, c))
+        y = random_targets(self.rng, n, c)
+        loss_module = CrossEntropyModule()
+        loss = loss_module.forward(x, y)
+        self.assertAlmostEqual(loss, -np.mean(np.log(x[y == 1])), places=12)
+        dx = loss_module.backward(x, y)
+        dx_num = eval_numerical_gradient(lambda xx: loss_module.forward(xx, y), x)
+        self.assertGradClose(dx, dx_num, 'CrossEntropyModule dx')
+
+    def test_crossentropy_at_zero_probability(self):
+        x = np.array([[0.0, 1.0], [0.5, 0.5]])
+        loss_module = CrossEntropyModule()
+        # A zero probability of a wrong class costs nothing; of the right class, a large
+        # but finite loss.
+        self.assertAlmostEqual(loss_module.forward(x, np.array([[0.0, 1.0], [1.0, 0.0]])),
+                               np.log(2) / 2, places=12)
+        loss = loss_module.forward(x, np.array([[1.0, 0.0], [1.0, 0.0]]))
+        self.assertTrue(np.isfinite(loss) and loss > 300)
+        self.assertTrue(np.all(np.isfinite(loss_module.backward(x, np.eye(2)))))
+
+    def test_softmax(self):
+        n, c = 6, 5
+        x = self.rng.standard_normal((n, c))
+        softmax = SoftMaxModule()
+        out = softmax.forward(x)
+        np.testing.assert_allclose(out, np.exp(x) / np.exp(x).sum(1, keepdims=True), rtol=1e-12)
+        dout = self.rng.standard_normal((n, c))
+        dx = softmax.backward(dout)
+        dx_num = eval_numerical_gradient_array(lambda xx: SoftMaxModule().forward(xx), x, dout)
+        self.assertGradClose(dx, dx_num, 'SoftMaxModule dx')
+
+    def test_softmax_large_inputs(self):
+        for dtype in (np.float32, np.float64):
+            x = np.array([[1000.0, 1000.0, -1000.0], [1e4, 0.0, 0.0]], dtype=dtype)
+            out = SoftMaxModule().forward(x)
+            self.assertEqual(out.dtype, dtype)
+            np.testing.assert_allclose(out, [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], atol=1e-7)
+
+
+class TestLayers(GradientCase):
+
+    def test_linear_forward(self):
+        layer = LinearModule(30, 20, rng=self.rng)
+        self.assertEqual(layer.params['weight'].shape, (20, 30))
+        self.assertEqual(layer.params['bias'].shape, (20,))
+        self.assertTrue(np.all(layer.params['bias'] == 0))
+        self.assertLess(abs(layer.params['weight'].std() - 1e-4), 2e-5)
+        x = self.rng.standard_normal((4, 30))
+        np.testing.assert_allclose(layer.forward(x), x @ layer.params['weight'].T, rtol=1e-12)
+
+    def test_linear_backward(self):
+        n, d_in, d_out = 5, 7, 4
+        x = self.rng.standard_normal((n, d_in))
+        layer = LinearModule(d_in, d_out, rng=self.rng)
+        layer.params['weight'] = self.rng.standard_normal((d_out, d_in))
+        layer.params['bias'] = self.rng.standard_normal(d_out)
+        out = layer.forward(x)
+        dout = self.rng.standard_normal(out.shape)
+        dx = layer.backward(dout)
+        self.assertGradClose(dx, eval_numerical_gradient_array(layer.forward, x, dout),
+                             'LinearModule dx')
+        for name in ('weight', 'bias'):
+            num = eval_numerical_gradient_array(lambda _: layer.forward(x),
+                                                layer.params[name], dout)
+            self.assertGradClose(layer.grads[name], num, f'LinearModule d{name}')
+
+    def test_relu_backward(self):
+        x = self.rng.standard_normal((6, 9))
+        x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink, where no derivative exists
+        relu = ReLUModule()
+        out = relu.forward(x)
+        np.testing.assert_array_equal(out, np.maximum(x, 0))
+        dout = self.rng.standard_normal(out.shape)
+        dx = relu.backward(dout)
+        self.assertGradClose(dx, eval_numerical_gradient_array(ReLUModule().forward, x, dout),
+                             'ReLUModule dx')
+
+    def test_float32(self):
+        x = self.rng.standard_normal((3, 8)).astype(np.float32)
+        y = random_targets(self.rng, 3, 4).astype(np.float32)
+        model = MLP(8, [5], 4, dtype=np.float32, rng=self.rng)
+        probs = model.forward(x)
+        loss_module = CrossEntropyModule()
+        dx = model.backward(loss_module.backward(probs, y))
+        self.assertEqual(probs.dtype, np.float32)
+        self.assertEqual(dx.dtype, np.float32)
+        for layer in model.linear_layers:
+            for grad in layer.grads.values():
+                self.assertEqual(grad.dtype, np.float32)
+
+
+class TestMLP(GradientCase):
+
+    def check_mlp(self, n_hidden):
+        n, d, c = 6, 10, 4
+        x = self.rng.standard_normal((n, d))
+        y = random_targets(self.rng, n, c)
+        model = MLP(d, n_hidden, c, rng=self.rng)
+        # The course's N(0, 1e-4^2) weights make every gradient tiny and every hidden unit
+        # sit next to ReLU's kink; unit-scale weights test the same code where it is smooth.
+        for layer in model.linear_layers:
+            for p in layer.params.values():
+                p[...] = self.rng.standard_normal(p.shape) / np.sqrt(p.shape[-1])
+        loss_module = CrossEntropyModule()
+
+        def loss():
+            return loss_module.forward(model.forward(x), y)
+
+        probs = model.forward(x)
+        dx = model.backward(loss_module.backward(probs, y))
+        self.assertGradClose(dx, eval_numerical_gradient(lambda _: loss(), x), 'MLP dx')
+        for i, layer in enumerate(model.linear_layers):
+            for name, p in layer.params.items():
+                analytic = layer.grads[name].copy()
+                numeric = eval_numerical_gradient(lambda _: loss(), p)
+                self.assertGradClose(analytic, numeric, f'MLP layer {i} d{name}')
+
+    def test_mlp_two_hidden_layers(self):
+        self.check_mlp([7, 5])
+
+    def test_mlp_one_hidden_layer(self):
+        self.check_mlp([8])
+
+    def test_softmax_classifier(self):
+        self.check_mlp([])
+
+    def test_check_catches_a_wrong_gradient(self):
+        """The checks above could fail: a ReLU backward that returns the input value instead
+        of its derivative 1 is caught."""
+        class WrongReLU(ReLUModule):
+            def backward(self, dout):
+                return dout * self.x_saved
+
+            def forward(self, x):
+                self.x_saved = np.maximum(x, 0)
+                return super().forward(x)
+
+        x = self.rng.standard_normal((4, 5)) + 2.0
+        dout = self.rng.standard_normal((4, 5))
+        relu = WrongReLU()
+        relu.forward(x)
+        err = rel_error(relu.backward(dout), eval_numerical_gradient_array(
+            ReLUModule().forward, x, dout))
+        self.assertGreater(err, 1e-2)
+
+
+class TestCustomBatchNorm(unittest.TestCase):
+    """The hand-derived batch-norm backward pass (custom_batchnorm.py); more checks are in
+    tests/test_custom_batchnorm.py."""
+
+    def test_manual_function_gradcheck(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64) * 2 + 1
+        gamma = torch.randn(5, generator=gen, dtype=torch.float64)
+        beta = torch.randn(5, generator=gen, dtype=torch.float64)
+        for t in (x, gamma, beta):
+            t.requires_grad_()
+        self.assertTrue(
+            torch.autograd.gradcheck(
+                CustomBatchNormManualFunction.apply, (x, gamma, beta, 1e-5), eps=1e-6, atol=1e-6
+            )
+        )
+
+    def test_modules_match_batchnorm1d(self):
+        gen = torch.Generator().manual_seed(0)
+        n_neurons = 6
+        x = torch.randn(16, n_neurons, generator=gen, dtype=torch.float64) * 3 + 2
+        dy = torch.randn(16, n_neurons, generator=gen, dtype=torch.float64)
+        gamma = torch.randn(n_neurons, generator=gen, dtype=torch.float64)
+        beta = torch.randn(n_neurons, generator=gen, dtype=torch.float64)
+
+        reference = nn.BatchNorm1d(n_neurons).double()
+        with torch.no_grad():
+            reference.weight.copy_(gamma)
+            reference.bias.copy_(beta)
+        x_ref = x.clone().requires_grad_()
+        out_ref = reference(x_ref)
+        out_ref.backward(dy)
+
+        for module_cls in (CustomBatchNormAutograd, CustomBatchNormManualModule):
+            with self.subTest(module=module_cls.__name__):
+                custom = module_cls(n_neurons).double()
+                with torch.no_grad():
+                    custom.gamma.copy_(gamma)
+                    custom.beta.copy_(beta)
+                x_custom = x.clone().requires_grad_()
+                out_custom = custom(x_custom)
+                out_custom.backward(dy)
+                for got, want in [
+                    (out_custom, out_ref),
+                    (x_custom.grad, x_ref.grad),
+                    (custom.gamma.grad, reference.weight.grad),
+                    (custom.beta.grad, reference.bias.grad),
+                ]:
+                    self.assertLess((got - want).abs().max().item(), 1e-8)
+
+
+if __name__ == '__main__':
+    unittest.main()
