@@ -296,6 +296,23 @@ class DataSet:
         idx = self._order[start:end]
         return self._images[idx], self._labels[idx]
 
+    def state_dict(self):
+        """Where next_batch stands, as plain Python values (for checkpoints)."""
+        return {'epochs_completed': self._epochs_completed,
+                'index_in_epoch': self._index_in_epoch,
+                'order': self._order.tolist(),
+                'rng': self._rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        """Continues from a state_dict(): the following batches are those it would have given."""
+        if len(state['order']) != self._num_examples:
+            raise ValueError(f"the saved batch order covers {len(state['order'])} examples, "
+                             f'this set has {self._num_examples}.')
+        self._epochs_completed = state['epochs_completed']
+        self._index_in_epoch = state['index_in_epoch']
+        self._order = np.asarray(state['order'], dtype=np.int64)
+        self._rng.bit_generator.state = state['rng']
+
 
 def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
     """int array (N,) -> one-hot array (N, n_classes)."""

@@ -152,6 +152,75 @@ def accuracy(predictions, targets):
     return float(np.mean(predictions.argmax(axis=1) == targets))
 
 
+# --------------------------------------------------------------------------- PyTorch
+# torch is imported inside these functions so that the NumPy script never pays its start-up.
+
+
+def evaluate_torch(model, images, labels, device, batch_size=1000, autocast=False):
+    """Mean cross-entropy and accuracy of a logits model over a whole split.
+
+    images: float32 array (N, 3, 32, 32); labels: int64 array (N,). Runs in eval mode (dropout
+    off, batch norm on running statistics) under inference_mode, batch_size images at a time
+    so that memory stays bounded; restores the model's previous mode.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode(), torch.autocast(device.type, enabled=autocast):
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size]).to(device)
+            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            logits = model(x)
+            total_loss += F.cross_entropy(logits.float(), y, reduction='sum').item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+    model.train(was_training)
+    return total_loss / len(images), correct / len(images)
+
+
+def augment_batch(x, padding=4, generator=None):
+    """Random crop (after zero padding) and random horizontal flip, per image.
+
+    x: tensor (B, C, H, W) -> tensor of the same shape. Zero is the mean pixel here (the mean
+    image is subtracted), so the padding adds no artificial edges.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(x.device)
+    rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (off[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    # One gather builds all crops and flips at once, no Python loop over images.
+    return padded[torch.arange(b, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def save_checkpoint(path, state):
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    import torch
+    tmp = f'{path}.tmp'
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Loads a checkpoint with weights_only=True: tensors and plain values, never code."""
+    import torch
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FlagError(f'checkpoint {path} does not exist.') from None
+    except Exception as e:
+        raise FlagError(f'{path} is not a readable checkpoint ({type(e).__name__}: {e}).') \
+            from None
+
+
 # --------------------------------------------------------------------------- the run
 
 
