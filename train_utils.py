@@ -101,6 +101,34 @@ def make_parser(description, defaults):
     return p
 
 
+def apply_preset(parser, argv, presets):
+    """Parses argv; when --preset names one of presets, its values replace the defaults, but
+    flags given explicitly on the command line still win."""
+    import copy
+
+    args = parser.parse_args(argv)
+    preset = presets.get(getattr(args, 'preset', None))
+    if preset:
+        probe = copy.deepcopy(parser)
+        for action in probe._actions:
+            action.default = argparse.SUPPRESS
+        given = vars(probe.parse_args(argv))
+        for name, value in preset.items():
+            if name not in given:
+                setattr(args, name, value)
+    return args
+
+
+def explicit_flags(parser, argv):
+    """{name: value} of the flags given on the command line argv, leaving out the defaults."""
+    import copy
+
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return vars(probe.parse_args(argv))
+
+
 def flags_to_argv(flags):
     """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
     line that reproduces a run (None and False flags are left out)."""
@@ -211,14 +239,23 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path, map_location='cpu'):
     """Loads a checkpoint with weights_only=True: tensors and plain values, never code."""
+    import pickle
+    import warnings
+
     import torch
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file
+            warnings.simplefilter('ignore')
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FlagError(f'checkpoint {path} does not exist.') from None
     except Exception as e:
-        raise FlagError(f'{path} is not a readable checkpoint ({type(e).__name__}: {e}).') \
-            from None
+        # torch's own messages run over several lines (and suggest weights_only=False).
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in detail:
+            detail = 'not a PyTorch checkpoint, or it holds more than tensors and plain values'
+        raise FlagError(f'{path} is not a readable checkpoint ({type(e).__name__}'
+                        f'{": " + detail if detail else ""}).') from None
 
 
 # --------------------------------------------------------------------------- the run

@@ -1,0 +1,214 @@
+"""mlp_pytorch.py and train_mlp_pytorch.py."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from torch import nn
+
+import mlp_numpy
+import train_mlp_pytorch
+from custom_batchnorm import CustomBatchNormAutograd, CustomBatchNormManualModule
+from mlp_pytorch import MLP
+from modules import CrossEntropyModule
+from train_utils import FlagError, TrainingDiverged, apply_preset, augment_batch, evaluate_torch
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _single_thread():
+    """Tiny tensors: a second thread only adds synchronisation on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_course_mlp_structure_and_initialisation():
+    model = MLP(3072, [100], 10)
+    kinds = [type(m) for m in model.layers]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Linear]
+    first, last = model.layers[0], model.layers[2]
+    assert first.weight.shape == (100, 3072) and last.weight.shape == (10, 100)
+    assert abs(first.weight.std().item() - 1e-4) < 5e-6
+    assert torch.all(first.bias == 0) and torch.all(last.bias == 0)
+    assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
+    assert [type(m) for m in MLP(5, [], 3).layers] == [nn.Linear]
+
+
+@pytest.mark.parametrize('batchnorm, cls', [('torch', nn.BatchNorm1d),
+                                            ('autograd', CustomBatchNormAutograd),
+                                            ('manual', CustomBatchNormManualModule)])
+def test_options_build_the_layers(batchnorm, cls):
+    model = MLP(12, [8, 6], 3, batchnorm=batchnorm, dropout=0.5, activation='gelu')
+    kinds = [type(m) for m in model.layers]
+    assert kinds == [nn.Linear, cls, nn.GELU, nn.Dropout] * 2 + [nn.Linear]
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(batchnorm='batch'), 'batchnorm must be one of none, torch, autograd, manual'),
+    (dict(activation='tanh'), 'activation must be one of'),
+    (dict(init='xavier'), 'init must be one of course, kaiming'),
+    (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MLP(4, [3], 2, **kwargs)
+
+
+def test_matches_the_numpy_mlp_step_for_step():
+    """Same weights, same batch, one SGD step: same loss, same gradients, same weights."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 20))
+    y = rng.integers(0, 4, 16)
+    ref = mlp_numpy.MLP(20, [9, 7], 4, rng=rng)
+    model = MLP(20, [9, 7], 4).double()
+    linears = [m for m in model.layers if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin, ref_lin in zip(linears, ref.linear_layers):
+            ref_lin.params['weight'][:] = rng.standard_normal(ref_lin.params['weight'].shape)
+            lin.weight.copy_(torch.from_numpy(ref_lin.params['weight']))
+            lin.bias.copy_(torch.from_numpy(ref_lin.params['bias']))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ce = CrossEntropyModule()
+    onehot = np.eye(4)[y]
+    for _ in range(3):
+        probs = ref.forward(x)
+        ref_loss = ce.forward(probs, onehot)
+        ref.backward(ce.backward(probs, onehot))
+        ref.sgd_step(0.1)
+        loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert abs(loss.item() - ref_loss) < 1e-12
+    for lin, ref_lin in zip(linears, ref.linear_layers):
+        np.testing.assert_allclose(lin.weight.detach().numpy(), ref_lin.params['weight'],
+                                   rtol=0, atol=1e-12)
+
+
+def test_evaluation_uses_eval_mode():
+    model = MLP(12, [32], 3, dropout=0.5, batchnorm='torch', init='kaiming')
+    images = np.random.default_rng(0).standard_normal((50, 12)).astype(np.float32)
+    labels = np.zeros(50, dtype=np.int64)
+    model.train()
+    a = evaluate_torch(model, images, labels, torch.device('cpu'), batch_size=7)
+    b = evaluate_torch(model, images, labels, torch.device('cpu'), batch_size=50)
+    assert model.training  # restored
+    assert a == pytest.approx(b, abs=1e-6)  # no dropout noise, no batch statistics
+    assert torch.all(model.layers[1].running_mean == 0)  # running statistics untouched
+
+
+def test_train_writes_the_shared_schema(fake_cifar, tmp_path):
+    out = tmp_path / 'run'
+    metrics = train_mlp_pytorch.train('20', learning_rate=1e-3, max_steps=40, batch_size=25,
+                                      eval_freq=20, data_dir=fake_cifar, out_dir=str(out),
+                                      optimizer='adam', init='kaiming')
+    with open(out / 'metrics.json') as f:
+        assert json.load(f) == json.loads(json.dumps(metrics))
+    assert (out / 'curves.png').exists()
+    assert metrics['eval_steps'] == [20, 40] and len(metrics['train_loss']) == 40
+    assert metrics['script'] == 'train_mlp_pytorch.py' and metrics['device'] == 'cpu'
+    assert metrics['final_test_accuracy'] >= 0.9
+
+
+@pytest.mark.parametrize('batchnorm', ['torch', 'autograd', 'manual'])
+def test_each_batchnorm_trains_inside_the_mlp(fake_cifar, tmp_path, batchnorm):
+    metrics = train_mlp_pytorch.train('32', learning_rate=1e-3, max_steps=30, batch_size=20,
+                                      eval_freq=30, data_dir=fake_cifar,
+                                      out_dir=str(tmp_path / 'r'), optimizer='adam',
+                                      batchnorm=batchnorm, init='kaiming',
+                                      lr_schedule='onecycle', dropout=0.1)
+    assert metrics['final_test_accuracy'] >= 0.9
+    assert np.mean(metrics['train_loss'][-5:]) < 0.5 * metrics['train_loss'][0]
+
+
+def test_augment_batch_crops_and_flips():
+    x = torch.randn(64, 3, 8, 8)
+    out = augment_batch(x, padding=2, generator=torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2))
+    found = set()
+    for i in range(64):
+        matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (0, 1)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(
+                       padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, f'image {i} is not a crop of its padded input'
+        found.update(matches)
+    assert {m[2] for m in found} == {0, 1} and len({m[:2] for m in found}) > 10
+
+
+def test_diverging_run(fake_cifar, tmp_path):
+    with pytest.raises(TrainingDiverged, match='lower --learning_rate'):
+        train_mlp_pytorch.train('20', learning_rate=1e4, max_steps=100, batch_size=20,
+                                data_dir=fake_cifar, out_dir=str(tmp_path / 'r'),
+                                init='kaiming', momentum=0.9)
+
+
+def test_bad_values_from_python(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FlagError, match='--optimizer must be one of sgd, adam, adamw'):
+        train_mlp_pytorch.train(optimizer='rmsprop', data_dir=fake_cifar)
+    with pytest.raises(FlagError, match=r'--dropout must be in \[0, 1\)'):
+        train_mlp_pytorch.train(dropout=1.5, data_dir=fake_cifar)
+    assert not (tmp_path / 'runs').exists()  # nothing is created before the checks
+
+
+def test_preset_values_and_explicit_flags_win():
+    parser = train_mlp_pytorch.build_parser()
+    best = train_mlp_pytorch.PRESETS['best']
+    args = apply_preset(parser, ['--preset', 'best', '--max_steps', '7', '--dropout', '0'],
+                        train_mlp_pytorch.PRESETS)
+    assert args.max_steps == 7 and args.dropout == 0.0
+    assert args.optimizer == best['optimizer'] and args.batchnorm == best['batchnorm']
+    assert args.dnn_hidden_units == best['dnn_hidden_units']
+    plain = apply_preset(parser, [], train_mlp_pytorch.PRESETS)
+    assert plain.optimizer == 'sgd' and plain.max_steps == 1500 and plain.init == 'course'
+
+
+def run_script(args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'train_mlp_pytorch.py'), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (['--dropout', '1'], r'--dropout must be in [0, 1), got 1.0.'),
+    (['--weight_decay=-1'], 'argument --weight_decay: expected a finite number >= 0'),
+    (['--dnn_hidden_units', '100,x'], 'argument --dnn_hidden_units: expected comma-separated'),
+    (['--preset', 'fastest'], "argument --preset: invalid choice: 'fastest'"),
+])
+def test_bad_flags_exit_2_with_one_line(fake_cifar, tmp_path, args, message):
+    result = run_script([*args, '--data_dir', fake_cifar], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('train_mlp_pytorch.py: error: ')
+    assert message in lines[0]
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_default_run_on_real_data(real_cifar, tmp_path):
+    """The course defaults (SGD, course initialisation): about 0.456 on this data."""
+    metrics = train_mlp_pytorch.train(data_dir=real_cifar, out_dir=str(tmp_path / 'run'))
+    assert metrics['final_test_accuracy'] >= 0.44, metrics['test_accuracy']
+
+
+@pytest.mark.slow
+def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
+    finals = [train_mlp_pytorch.train(data_dir=real_cifar, seed=seed,
+                                      out_dir=str(tmp_path / str(seed)))['final_test_accuracy']
+              for seed in (1, 2, 3)]
+    assert np.mean(finals) >= 0.45, finals
+
+
+@pytest.mark.slow
+def test_best_preset_on_real_data(real_cifar, tmp_path):
+    """`--preset best`: at least 0.60 test accuracy, in at most 10 minutes on 2 CPU cores."""
+    args = apply_preset(train_mlp_pytorch.build_parser(),
+                        ['--preset', 'best', '--data_dir', real_cifar,
+                         '--out_dir', str(tmp_path / 'best')], train_mlp_pytorch.PRESETS)
+    metrics = train_mlp_pytorch.train(**vars(args))
+    assert metrics['final_test_accuracy'] >= 0.60, metrics['test_accuracy']

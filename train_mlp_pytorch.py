@@ -1,0 +1,179 @@
+"""Trains the PyTorch MLP on CIFAR-10.
+
+    python train_mlp_pytorch.py                  # the course defaults: SGD, as the NumPy script
+    python train_mlp_pytorch.py --preset best    # the best recipe found (see README)
+
+Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
+"""
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import cifar10_utils
+from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
+from train_utils import (
+    FlagError,
+    Run,
+    apply_preset,
+    augment_batch,
+    cli,
+    evaluate_torch,
+    hidden_units,
+    make_parser,
+    non_negative_float,
+    run_training,
+    select_device,
+    set_seed,
+)
+
+# The course's defaults.
+DNN_HIDDEN_UNITS_DEFAULT = '100'
+LEARNING_RATE_DEFAULT = 2e-3
+MAX_STEPS_DEFAULT = 1500
+BATCH_SIZE_DEFAULT = 200
+EVAL_FREQ_DEFAULT = 100
+SEED_DEFAULT = 42
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+SCHEDULES = ('constant', 'cosine', 'onecycle')
+
+# Flags a preset sets; anything given on the command line overrides them.
+PRESETS = {
+    'best': dict(dnn_hidden_units=[1024, 1024], optimizer='adamw', learning_rate=1e-3,
+                 weight_decay=1e-2, dropout=0.2, batchnorm='torch', lr_schedule='onecycle',
+                 augment=True, init='kaiming', batch_size=256, max_steps=6000, eval_freq=500),
+}
+
+
+def make_optimizer(name, params, learning_rate, momentum, weight_decay):
+    if name == 'sgd':
+        return torch.optim.SGD(params, lr=learning_rate, momentum=momentum,
+                               weight_decay=weight_decay)
+    if name == 'adam':
+        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def make_schedule(name, optimizer, max_steps):
+    """A per-step learning-rate schedule, or None for a constant rate."""
+    if name == 'cosine':
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_steps)
+    if name == 'onecycle':
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=optimizer.param_groups[0]['lr'], total_steps=max_steps)
+    return None
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise FlagError(f'--{name} must be one of {", ".join(choices)}, got {value!r}.')
+
+
+def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
+          max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
+          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=SEED_DEFAULT, out_dir=None,
+          optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
+          activation='relu', init='course', lr_schedule='constant', augment=False,
+          device='auto', preset=None):
+    """Trains the MLP and returns the metrics written to out_dir/metrics.json.
+
+    preset only records which preset the flags came from (main applies it).
+    """
+    from train_mlp_numpy import check_flags  # the same checks, the same messages
+
+    hidden = (hidden_units(dnn_hidden_units) if isinstance(dnn_hidden_units, str)
+              else list(dnn_hidden_units))
+    check_flags(hidden, learning_rate, max_steps, batch_size, eval_freq)
+    for name, value, choices in (('optimizer', optimizer, OPTIMIZERS),
+                                 ('lr_schedule', lr_schedule, SCHEDULES),
+                                 ('batchnorm', batchnorm, tuple(BATCHNORMS)),
+                                 ('activation', activation, tuple(ACTIVATIONS)),
+                                 ('init', init, INITS)):
+        check_choice(name, value, choices)
+    if not 0 <= dropout < 1:
+        raise FlagError(f'--dropout must be in [0, 1), got {dropout!r}.')
+    if momentum < 0 or weight_decay < 0:
+        raise FlagError('--momentum and --weight_decay must be >= 0.')
+    flags = dict(dnn_hidden_units=hidden, learning_rate=learning_rate, max_steps=max_steps,
+                 batch_size=batch_size, eval_freq=eval_freq, data_dir=data_dir, seed=seed,
+                 out_dir=out_dir, optimizer=optimizer, momentum=momentum,
+                 weight_decay=weight_decay, dropout=dropout, batchnorm=batchnorm,
+                 activation=activation, init=init, lr_schedule=lr_schedule, augment=augment,
+                 device=device, preset=preset)
+
+    set_seed(seed)
+    dev = select_device(device)
+    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed)
+    train_set, test_set = data['train'], data['test']
+    if batch_size > train_set.num_examples:
+        raise FlagError(f'--batch_size {batch_size} is larger than the training set '
+                        f'({train_set.num_examples} images).')
+    n_inputs = int(np.prod(test_set.images.shape[1:]))
+    model = MLP(n_inputs, hidden, cifar10_utils.N_CLASSES, batchnorm=batchnorm,
+                dropout=dropout, activation=activation, init=init).to(dev)
+    opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
+    schedule = make_schedule(lr_schedule, opt, max_steps)
+    run = Run(__file__, flags, out_dir)
+    run.metrics['device'] = str(dev)
+
+    def train_step(step):
+        x, y = train_set.next_batch(batch_size)
+        x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+        if augment:
+            x = augment_batch(x)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if schedule is not None:
+            schedule.step()
+        return loss.item()
+
+    def evaluate():
+        return evaluate_torch(model, test_set.images, test_set.labels, dev)
+
+    model.train()
+    return run_training(run, max_steps, eval_freq, train_step, evaluate,
+                        learning_rate=learning_rate)
+
+
+def build_parser():
+    p = make_parser(__doc__.split('\n\n')[0], dict(
+        learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
+        batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT))
+    p.add_argument('--dnn_hidden_units', type=hidden_units, default=DNN_HIDDEN_UNITS_DEFAULT,
+                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
+    p.add_argument('--optimizer', choices=OPTIMIZERS, default='sgd', help='optimizer')
+    p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
+    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+                   help='weight decay (decoupled for adamw, L2 otherwise)')
+    p.add_argument('--dropout', type=non_negative_float, default=0.0,
+                   help='dropout probability after each hidden layer, in [0, 1)')
+    p.add_argument('--batchnorm', choices=tuple(BATCHNORMS), default='none',
+                   help='batch normalization after each hidden linear layer: torch '
+                        '(nn.BatchNorm1d) or one of custom_batchnorm.py')
+    p.add_argument('--activation', choices=tuple(ACTIVATIONS), default='relu',
+                   help='hidden-layer activation')
+    p.add_argument('--init', choices=INITS, default='course',
+                   help="course: weights N(0, 1e-4^2), as the NumPy MLP; kaiming: PyTorch's "
+                        'default')
+    p.add_argument('--lr_schedule', choices=SCHEDULES, default='constant',
+                   help='learning-rate schedule over max_steps')
+    p.add_argument('--augment', action='store_true',
+                   help='random crops (4-pixel padding) and horizontal flips of each batch')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
+                   help='auto: CUDA when available')
+    p.add_argument('--preset', choices=tuple(PRESETS), default=None,
+                   help='a tuned set of flags (see README); flags given explicitly win')
+    p.set_defaults(seed=SEED_DEFAULT)
+    return p
+
+
+def main(argv=None):
+    return cli(train, apply_preset(build_parser(), argv, PRESETS))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
