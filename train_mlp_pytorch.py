@@ -23,6 +23,7 @@ from train_utils import (
     hidden_units,
     make_parser,
     non_negative_float,
+    non_negative_int,
     run_training,
     select_device,
     set_seed,
@@ -76,7 +77,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
           eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=SEED_DEFAULT, out_dir=None,
           optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
           activation='relu', init='course', lr_schedule='constant', augment=False,
-          device='auto', preset=None):
+          augment_padding=4, device='auto', preset=None):
     """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
     preset only records which preset the flags came from (main applies it).
@@ -101,7 +102,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
                  out_dir=out_dir, optimizer=optimizer, momentum=momentum,
                  weight_decay=weight_decay, dropout=dropout, batchnorm=batchnorm,
                  activation=activation, init=init, lr_schedule=lr_schedule, augment=augment,
-                 device=device, preset=preset)
+                 augment_padding=augment_padding, device=device, preset=preset)
 
     set_seed(seed)
     dev = select_device(device)
@@ -122,7 +123,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
         x, y = train_set.next_batch(batch_size)
         x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
         if augment:
-            x = augment_batch(x)
+            x = augment_batch(x, padding=augment_padding)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,7 +163,9 @@ def build_parser():
     p.add_argument('--lr_schedule', choices=SCHEDULES, default='constant',
                    help='learning-rate schedule over max_steps')
     p.add_argument('--augment', action='store_true',
-                   help='random crops (4-pixel padding) and horizontal flips of each batch')
+                   help='random crops (after zero padding) and horizontal flips of each batch')
+    p.add_argument('--augment_padding', type=non_negative_int, default=4,
+                   help='padding of the random crops of --augment; 0: flips only')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help='auto: CUDA when available')
     p.add_argument('--preset', choices=tuple(PRESETS), default=None,

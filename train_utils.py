@@ -46,6 +46,16 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
+    return value
+
+
 def non_negative_float(text):
     try:
         value = float(text)
@@ -126,6 +136,7 @@ def explicit_flags(parser, argv):
     probe = copy.deepcopy(parser)
     for action in probe._actions:
         action.default = argparse.SUPPRESS
+    probe._defaults.clear()  # those of set_defaults(), which parse_args adds as well
     return vars(probe.parse_args(argv))
 
 
