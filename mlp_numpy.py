@@ -35,17 +35,23 @@ class MLP:
             x = layer.forward(x)
         return x
 
-    def backward(self, dout):
-        """dout: dL/d(probabilities), (B, n_classes). Fills every linear layer's grads."""
-        for layer in reversed(self.layers):
+    def backward(self, dout, input_grad=True):
+        """dout: dL/d(probabilities), (B, n_classes). Fills every linear layer's grads and
+        returns dL/dx (B, n_inputs), or None with input_grad=False (training needs no dL/dx,
+        and skipping it saves a third of the first layer's backward work)."""
+        first, *rest = self.layers
+        for layer in reversed(rest):
             dout = layer.backward(dout)
-        return dout
+        return first.backward(dout, input_grad=input_grad)
 
     def sgd_step(self, learning_rate):
-        """Plain gradient descent on every parameter, in place."""
+        """Plain gradient descent on every parameter, in place. Scales the gradients in
+        place (backward overwrites them anyway) instead of allocating lr * grad."""
         for layer in self.linear_layers:
             for name, param in layer.params.items():
-                param -= learning_rate * layer.grads[name]
+                grad = layer.grads[name]
+                grad *= learning_rate
+                param -= grad
 
     def __repr__(self):
         shapes = [layer.params['weight'].shape[::-1] for layer in self.linear_layers]

@@ -8,7 +8,7 @@ and returns it with respect to the input. Modules with parameters keep them in
 The derivations (B is the batch size, y the output, x the input, L the loss):
 
     Linear       y = x W^T + b        dL/dx = dL/dy W,  dL/dW = (dL/dy)^T x,  dL/db = sum_b dL/dy
-    ReLU         y = max(0, x)        dL/dx = dL/dy * [x > 0]
+    ReLU         y = max(0, x)        dL/dx = dL/dy * [x > 0]          (the derivative is 1, not x)
     Softmax      y_i = e^{x_i} / sum_j e^{x_j}
                  dy_i/dx_j = y_i (delta_ij - y_j)
                  dL/dx = y * (dL/dy - sum_j dL/dy_j y_j)           (row by row)
@@ -37,26 +37,34 @@ class LinearModule:
     def forward(self, x):
         """x: (B, in_features) -> (B, out_features)."""
         self.x = x
-        # x @ W.T lets BLAS read W transposed in place: no copy of the weight matrix.
-        return x @ self.params['weight'].T + self.params['bias']
+        # x @ W.T lets BLAS read W transposed in place (no copy of the weight matrix); adding
+        # the bias in place saves a second (B, out_features) array.
+        out = x @ self.params['weight'].T
+        out += self.params['bias']
+        return out
 
-    def backward(self, dout):
-        """dout: (B, out_features) -> dx: (B, in_features); fills grads."""
+    def backward(self, dout, input_grad=True):
+        """dout: (B, out_features) -> dx: (B, in_features); fills grads.
+
+        input_grad=False skips dx (returns None): the first layer's dx is a third of its
+        backward work and nothing uses it in training.
+        """
         # out= writes into the existing gradient buffers instead of allocating new ones.
         np.matmul(dout.T, self.x, out=self.grads['weight'])
         np.sum(dout, axis=0, out=self.grads['bias'])
-        return dout @ self.params['weight']
+        return dout @ self.params['weight'] if input_grad else None
 
 
 class ReLUModule:
     """Elementwise y = max(0, x), any shape."""
 
     def forward(self, x):
-        self.mask = x > 0
-        return x * self.mask
+        # One pass; backward reads the mask off the output (y > 0 exactly where x > 0).
+        self.out = np.maximum(x, 0)
+        return self.out
 
     def backward(self, dout):
-        return dout * self.mask
+        return dout * (self.out > 0)
 
 
 class SoftMaxModule:

@@ -78,7 +78,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
         x, y = train_set.next_batch(batch_size)
         probs = model.forward(x.reshape(batch_size, -1))
         loss = loss_module.forward(probs, y)
-        model.backward(loss_module.backward(probs, y))
+        model.backward(loss_module.backward(probs, y), input_grad=False)
         model.sgd_step(learning_rate)
         return loss
 

@@ -173,16 +173,25 @@ class TestMLP(GradientCase):
     def test_softmax_classifier(self):
         self.check_mlp([])
 
+    def test_backward_without_input_gradient(self):
+        x = self.rng.standard_normal((5, 6))
+        y = random_targets(self.rng, 5, 3)
+        model = MLP(6, [4], 3, rng=self.rng)
+        ce = CrossEntropyModule()
+        probs = model.forward(x)
+        self.assertIsNotNone(model.backward(ce.backward(probs, y)))
+        grads = [g.copy() for layer in model.linear_layers for g in layer.grads.values()]
+        self.assertIsNone(model.backward(ce.backward(probs, y), input_grad=False))
+        again = [g for layer in model.linear_layers for g in layer.grads.values()]
+        for a, b in zip(grads, again):
+            np.testing.assert_array_equal(a, b)
+
     def test_check_catches_a_wrong_gradient(self):
         """The checks above could fail: a ReLU backward that returns the input value instead
         of its derivative 1 is caught."""
         class WrongReLU(ReLUModule):
             def backward(self, dout):
-                return dout * self.x_saved
-
-            def forward(self, x):
-                self.x_saved = np.maximum(x, 0)
-                return super().forward(x)
+                return dout * self.out
 
         x = self.rng.standard_normal((4, 5)) + 2.0
         dout = self.rng.standard_normal((4, 5))
