@@ -10,6 +10,7 @@ saves last.pt at the last completed step; --resume continues from it and ends wi
 weights as a run that was never interrupted.
 """
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -75,13 +76,13 @@ RESUMED_METRICS = ('started', 'steps', 'train_loss', 'eval_steps', 'test_loss', 
 # --------------------------------------------------------------------------- the parts
 
 
-def make_optimizer(name, params, learning_rate, weight_decay, device):
+def make_optimizer(name, params, learning_rate, weight_decay):
+    # fused: one pass over all parameters instead of several per tensor; on the CPU this makes
+    # Adam's update about 5 times faster (30 instead of 150 ms a step for this network).
     if name == 'SGD':
         return torch.optim.SGD(params, lr=learning_rate, momentum=SGD_MOMENTUM, nesterov=True,
-                               weight_decay=weight_decay)
-    # fused: one kernel for all parameters instead of a few per tensor, on the GPU.
-    return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay,
-                            fused=device.type == 'cuda')
+                               weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
 
 
 def make_schedule(name, optimizer, max_steps):
@@ -269,7 +270,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     model = ConvNet(test_set.images.shape[1], cifar10_utils.N_CLASSES).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(optimizer, model.parameters(), learning_rate, weight_decay, dev)
+    opt = make_optimizer(optimizer, model.parameters(), learning_rate, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     start_step = 1
@@ -301,9 +302,11 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             'rng': {'torch': torch.get_rng_state(),
                     'cuda': torch.cuda.get_rng_state_all() if dev.type == 'cuda' else [],
                     'train_set': train_set.state_dict()},
-            # The loss of a step that was cut short is not part of the checkpoint's run.
-            'metrics': {**m, 'steps': m['steps'][:completed],
-                        'train_loss': m['train_loss'][:completed]},
+            # The loss of a step that was cut short is not part of the checkpoint's run. The
+            # JSON round trip leaves plain values only (torch.__version__ is a str subclass
+            # that weights_only loading refuses).
+            'metrics': json.loads(json.dumps({**m, 'steps': m['steps'][:completed],
+                                              'train_loss': m['train_loss'][:completed]})),
             'flags': flags,
         })
 

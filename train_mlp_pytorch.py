@@ -44,7 +44,8 @@ SCHEDULES = ('constant', 'cosine', 'onecycle')
 PRESETS = {
     'best': dict(dnn_hidden_units=[1024, 1024], optimizer='adamw', learning_rate=1e-3,
                  weight_decay=1e-2, dropout=0.2, batchnorm='torch', lr_schedule='onecycle',
-                 augment=True, init='kaiming', batch_size=256, max_steps=6000, eval_freq=500),
+                 augment=True, augment_padding=0, init='kaiming', batch_size=256,
+                 max_steps=5500, eval_freq=500),
 }
 
 

@@ -114,15 +114,10 @@ def make_parser(description, defaults):
 def apply_preset(parser, argv, presets):
     """Parses argv; when --preset names one of presets, its values replace the defaults, but
     flags given explicitly on the command line still win."""
-    import copy
-
     args = parser.parse_args(argv)
     preset = presets.get(getattr(args, 'preset', None))
     if preset:
-        probe = copy.deepcopy(parser)
-        for action in probe._actions:
-            action.default = argparse.SUPPRESS
-        given = vars(probe.parse_args(argv))
+        given = explicit_flags(parser, argv)
         for name, value in preset.items():
             if name not in given:
                 setattr(args, name, value)
