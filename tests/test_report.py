@@ -1,0 +1,348 @@
+"""report/make_report.py on tiny fake runs, and numerical checks of the formulas the report
+derives that unittests.py does not check as written (the full softmax Jacobian, the fused
+softmax + cross-entropy gradient, the batch-norm gradient's path-by-path form)."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'report'))
+
+import make_report  # noqa: E402
+
+RUNS = ('mlp_numpy_default', 'mlp_pytorch_default', 'mlp_pytorch_best', 'convnet_default')
+
+
+def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='completed', **flags):
+    """A metrics.json with the schema of train_utils.Run, from a made-up training curve."""
+    rng = np.random.default_rng(seed)
+    loss = 2.3 * np.exp(-np.arange(steps) / steps) + rng.normal(0, 0.05, steps)
+    evals = list(range(eval_freq, steps + 1, eval_freq))
+    acc = [0.2 + 0.3 * s / steps for s in evals]
+    flags = {'learning_rate': 0.002, 'max_steps': steps, 'batch_size': 200, 'seed': 42,
+             'out_dir': str(folder), **flags}
+    metrics = {
+        'script': script, 'out_dir': str(folder),
+        'command': ['python', script, '--max_steps', str(steps), '--out_dir', '/elsewhere'],
+        'flags': flags, 'status': status,
+        'steps': list(range(1, steps + 1)), 'train_loss': loss.tolist(),
+        'eval_steps': evals, 'test_loss': [2.0 - a for a in acc], 'test_accuracy': acc,
+        'final_test_accuracy': acc[-1], 'best_test_accuracy': max(acc),
+        'wall_seconds': 12.5, 'train_seconds': 11.0, 'started': '2026-01-01T00:00:00',
+        'versions': {'python': '3.11', 'numpy': '2.0'},
+    }
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'metrics.json'), 'w') as f:
+        json.dump(metrics, f)
+
+
+def fake_grid(folder):
+    """The files gridsearch.py writes: cv_results.csv, best.json and results.tex."""
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for bs in (100, 200):
+        for lr in (1e-3, 1e-2, 1e-1):
+            for hidden in ([100], [200, 200]):
+                score = 0.3 + 0.1 * (lr == 1e-2) + 0.02 * (bs == 100) + 0.01 * len(hidden)
+                rows.append({'mean_fit_time': 1.0, 'param_batch_size': bs, 'param_lr': lr,
+                             'param_module__n_hidden': json.dumps(hidden),
+                             'param_optimizer': 'adam',
+                             'params': json.dumps({'batch_size': bs, 'learning_rate': lr}),
+                             'mean_test_score': score, 'std_test_score': 0.01,
+                             'rank_test_score': 0})
+    with open(os.path.join(folder, 'cv_results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(folder, 'best.json'), 'w') as f:
+        json.dump({'best_params': {'batch_size': 100, 'learning_rate': 0.01,
+                                   'hidden_units': [200, 200], 'optimizer': 'adam'},
+                   'best_cv_score': 0.44, 'best_cv_std': 0.01, 'test_accuracy': 0.45,
+                   'cv': 3, 'max_epochs': 2, 'n_train': 500,
+                   'command': ['python', 'gridsearch.py', '--cv', '3']}, f)
+    with open(os.path.join(folder, 'results.tex'), 'w') as f:
+        f.write('\\begin{table}[t]\n\\centering\n\\begin{tabular}{rc}\n\\toprule\n'
+                'rank & CV accuracy \\\\\n\\midrule\n1 & $0.440 \\pm 0.010$ \\\\\n'
+                '\\bottomrule\n\\end{tabular}\n\\caption{Grid search.}\n'
+                '\\label{tab:gridsearch}\n\\end{table}\n')
+
+
+def fake_project(tmp_path, skip=()):
+    """Fake run folders for every run of runs.json but those in skip, a fake grid folder,
+    and a runs.json with absolute paths to them. Returns the runs.json path."""
+    runs_dir = tmp_path / 'runs'
+    scripts = {'mlp_numpy_default': 'train_mlp_numpy.py', 'convnet_default':
+               'train_convnet_pytorch.py'}
+    entries = {}
+    for i, name in enumerate(RUNS):
+        folder = runs_dir / name
+        script = scripts.get(name, 'train_mlp_pytorch.py')
+        if name not in skip:
+            flags = {'optimizer': 'sgd', 'dropout': 0.0}
+            if name == 'mlp_pytorch_best':
+                flags = {'optimizer': 'adamw', 'dropout': 0.2}
+            fake_metrics(folder, script, seed=i, **flags)
+        entries[name] = {'label': name.replace('_', ' '), 'path': str(folder),
+                         'command': ['python', script, '--out_dir', str(folder)]}
+    fake_grid(runs_dir / 'gridsearch')
+    mod = runs_dir / 'mlp_pytorch_adam'
+    fake_metrics(mod, 'train_mlp_pytorch.py', seed=9, optimizer='adam', dropout=0.0,
+                 status='diverged')
+    config = {'runs': entries,
+              'gridsearch': {'path': str(runs_dir / 'gridsearch'),
+                             'command': ['python', 'gridsearch.py', '--out_dir', 'x']},
+              'modifications': [{'label': 'defaults', 'run': 'mlp_pytorch_default'},
+                                {'label': 'Adam', 'path': str(mod)},
+                                {'label': 'best', 'run': 'mlp_pytorch_best'}]}
+    path = tmp_path / 'runs.json'
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+FIGURES = [*(f'curves_{name}' for name in RUNS), 'comparison', 'gridsearch_heatmap']
+TABLES = ['runs.tex', 'results.tex', 'results.md', 'modifications.tex', 'modifications.md',
+          'commands.tex', 'gridsearch.tex', 'gridsearch_results.tex']
+
+
+@pytest.fixture(scope='module')
+def report(tmp_path_factory):
+    """One whole report (PDF included when pdflatex is installed) on fake runs, shared by the
+    tests below: drawing the figures is the slow part. Returns (out_dir, stdout, stderr)."""
+    import contextlib
+    import io
+
+    tmp_path = tmp_path_factory.mktemp('report')
+    runs = fake_project(tmp_path)
+    out = tmp_path / 'out'
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = make_report.main(['--runs', runs, '--out_dir', str(out)])
+    assert status == 0, stderr.getvalue()
+    return out, stdout.getvalue(), stderr.getvalue()
+
+
+def test_every_figure_and_table(report):
+    out, _, err = report
+    for stem in FIGURES:
+        for ext in ('pdf', 'png'):
+            assert (out / 'figures' / f'{stem}.{ext}').stat().st_size > 1000, stem
+    for name in TABLES:
+        assert (out / 'tables' / name).stat().st_size > 0, name
+    assert not list(out.rglob('*.tmp*')), 'a temporary file was left behind'
+
+    md = (out / 'tables' / 'results.md').read_text()
+    assert '| mlp numpy default | `python train_mlp_numpy.py` | 0.500 | 0.500 | 30 |' in md
+    mods = (out / 'tables' / 'modifications.md').read_text().splitlines()
+    assert mods[2] == '| defaults | `(baseline)` | 0.500 | 0.500 | 30 | 12 s |'
+    assert mods[3] == '| Adam | `--optimizer adam` | 0.500 | 0.500 | 30 (diverged) | 12 s |'
+    assert mods[4].startswith('| best | `--optimizer adamw --dropout 0.2` |')
+    # LaTeX would set -- as an en dash.
+    assert '-{}-optimizer adam' in (out / 'tables' / 'modifications.tex').read_text()
+    macros = (out / 'tables' / 'runs.tex').read_text()
+    assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
+    assert 'test accuracy after refitting on the whole training set 0.450' in macros
+    assert (out / 'tables' / 'gridsearch.tex').read_text() == (
+        '\\input{tables/gridsearch_results}\n')
+    assert "warning: run 'mlp_pytorch_adam' diverged at step 30; the report shows" in err
+
+
+@pytest.mark.skipif(shutil.which('pdflatex') is None,
+                    reason='pdflatex is not installed: the PDF build is not tested '
+                           '(apt-get install texlive-latex-base texlive-latex-recommended '
+                           'texlive-fonts-recommended latexmk)')
+def test_pdf_builds(report):
+    out, stdout, _ = report
+    pdf = out / 'report.pdf'
+    assert pdf.read_bytes()[:5] == b'%PDF-'
+    assert pdf.stat().st_size > 50_000  # text and figures, not an empty page
+    assert stdout.strip().splitlines()[-1] == f'make_report: built {pdf}'
+    assert not list(out.glob('report.aux')), 'build by-products stay out of the report folder'
+
+
+@pytest.mark.skipif(shutil.which('pdflatex') is None, reason='pdflatex is not installed')
+def test_latex_error_is_one_line(tmp_path):
+    (tmp_path / 'report.tex').write_text('\\documentclass{article}\\begin{document}\\undefined'
+                                         '\\end{document}\n')
+    with pytest.raises(make_report.ReportError) as e:
+        make_report.build_pdf(str(tmp_path))
+    assert str(e.value) == (f'LaTeX failed building report.pdf (! Undefined control sequence.); '
+                            f'the full log is {tmp_path}/report.log.')
+    assert not (tmp_path / 'report.pdf').exists()
+
+
+def test_no_latex_is_one_line_and_success(report, monkeypatch):
+    monkeypatch.setattr(make_report.shutil, 'which', lambda name: None)
+    message = make_report.build_pdf(str(report[0]))
+    assert message.startswith('report.pdf not built: pdflatex is not installed')
+    assert '\n' not in message
+
+
+def test_grid_table_from_a_bare_tabular_or_from_cv_results(tmp_path):
+    """gridsearch.py's results.tex is \\input as it is when it is a whole table; a bare tabular
+    gets a table around it; without results.tex the table comes from cv_results.csv."""
+    fake_grid(tmp_path / 'grid')
+    grid = make_report.GridSpec(path=str(tmp_path / 'grid'), shown_path='grid')
+    make_report.load_grid(grid)
+    grid.results_tex = '\\begin{tabular}{l}\nx \\\\\n\\end{tabular}\n'
+    make_report.grid_tables(grid, str(tmp_path))
+    wrapper = (tmp_path / 'gridsearch.tex').read_text()
+    assert wrapper.startswith('\\begin{table}') and '\\label{tab:gridsearch}' in wrapper
+    grid.results_tex = None
+    make_report.grid_tables(grid, str(tmp_path))
+    table = (tmp_path / 'gridsearch_results.tex').read_text().splitlines()
+    assert table[2] == 'batch\\_size & lr & n\\_hidden & optimizer & mean CV accuracy \\\\'
+    assert table[4] == '100 & 0.01 & 200,200 & adam & 0.440 $\\pm$ 0.010 \\\\'
+
+
+def test_missing_run_names_it_and_its_command(tmp_path):
+    runs = fake_project(tmp_path, skip=('convnet_default',))
+    out = tmp_path / 'out'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'report', 'make_report.py'),
+                             '--runs', runs, '--out_dir', str(out), '--no-pdf'],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    folder = tmp_path / 'runs' / 'convnet_default'
+    assert (f"error: run 'convnet_default' is missing ({folder}/metrics.json not found); "
+            f'produce it with:\n    python train_convnet_pytorch.py --out_dir {folder}'
+            in result.stderr)
+    assert '--allow-missing' in result.stderr
+    assert not out.exists(), 'nothing is written when a run is missing'
+
+
+def test_allow_missing_draws_placeholders(tmp_path):
+    runs = tmp_path / 'runs.json'
+    runs.write_text(json.dumps({
+        'runs': {'gone': {'label': 'gone', 'path': str(tmp_path / 'gone')}},
+        'gridsearch': {'path': str(tmp_path / 'no_grid')}}))
+    out = tmp_path / 'out'
+    assert make_report.main(['--runs', str(runs), '--out_dir', str(out), '--no-pdf',
+                             '--allow-missing']) == 0
+    for stem in ('curves_gone', 'comparison', 'gridsearch_heatmap'):
+        assert (out / 'figures' / f'{stem}.pdf').exists()
+    assert '| gone | `` | missing |' in (out / 'tables' / 'results.md').read_text()
+    assert 'Grid search missing' in (out / 'tables' / 'gridsearch.tex').read_text()
+
+
+def test_bad_runs_json_is_one_line(tmp_path, capsys):
+    bad = tmp_path / 'runs.json'
+    bad.write_text('{"runs": {"a": {"label": "no path"}}}')
+    assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f'make_report: error: {bad}: runs.a needs a "path" (the run folder).'
+
+
+def test_rerun_uses_the_recorded_command(tmp_path):
+    """--rerun runs metrics.json's command from the project root, with --out_dir pointed at
+    the folder runs.json names."""
+    script = tmp_path / 'fake_train.py'
+    script.write_text(
+        'import os, sys\n'
+        f'sys.path.insert(0, {os.path.join(ROOT, "tests")!r})\n'
+        'from test_report import fake_metrics\n'
+        f'assert os.getcwd() == {ROOT!r}\n'
+        'out = sys.argv[sys.argv.index("--out_dir") + 1]\n'
+        'fake_metrics(out, "fake_train.py", steps=20, marker=sys.argv[1])\n')
+    folder = tmp_path / 'run'
+    fake_metrics(folder, 'fake_train.py')
+    with open(folder / 'metrics.json') as f:
+        metrics = json.load(f)
+    metrics['command'] = ['python', str(script), 'recorded', '--out_dir', '/elsewhere']
+    with open(folder / 'metrics.json', 'w') as f:
+        json.dump(metrics, f)
+    runs = tmp_path / 'runs.json'
+    runs.write_text(json.dumps({'runs': {'r': {'path': str(folder),
+                                               'command': ['python', str(script), 'listed']}}}))
+    make_report.rerun(make_report.load_config(str(runs)), [])
+    with open(folder / 'metrics.json') as f:
+        assert json.load(f)['flags']['marker'] == 'recorded'
+    with pytest.raises(make_report.ReportError, match='unknown run'):
+        make_report.rerun(make_report.load_config(str(runs)), ['nope'])
+
+
+# --------------------------------------------------------------------------- the report's math
+
+
+def test_every_test_the_report_cites_exists():
+    """report.tex points each formula at the test that checks it: those tests must exist."""
+    import re
+
+    with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
+        # (not the \\DeclareUrlCommand\\test that defines the macro)
+        cited = re.findall(r'(?<!Command)\\test\{([^}]*)\}', f.read())
+    assert len(cited) > 10
+    defined = set()
+    for name in ('unittests.py', os.path.join('tests', 'test_report.py')):
+        with open(os.path.join(ROOT, name)) as f:
+            defined |= set(re.findall(r'^\s*(?:def|class) (\w+)', f.read(), re.M))
+    for citation in cited:
+        names = re.split(r'[ .:]+', citation.split('.py')[-1])
+        missing = [n for n in names if n and n not in defined]
+        assert not missing, f'report.tex cites {citation}, but {missing} does not exist'
+
+
+
+def test_softmax_jacobian_as_written():
+    """report.tex: dy_i/dx_j = y_i (delta_ij - y_j), i.e. J = diag(y) - y y^T."""
+    from gradient_check import eval_numerical_gradient_array
+    from modules import SoftMaxModule
+
+    x = np.random.default_rng(0).standard_normal((1, 5))
+    y = SoftMaxModule().forward(x)[0]
+    jacobian = np.diag(y) - np.outer(y, y)
+    numeric = np.stack([eval_numerical_gradient_array(SoftMaxModule().forward, x.copy(),
+                                                      np.eye(5)[[i]])[0] for i in range(5)])
+    np.testing.assert_allclose(jacobian, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_softmax_crossentropy_gradient_is_y_minus_t_over_b():
+    """report.tex, eq. (softmax + cross-entropy): dL/dX~ = (Y - T) / B."""
+    from modules import CrossEntropyModule, SoftMaxModule
+
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((6, 4)), np.eye(4)[rng.integers(0, 4, 6)]
+    softmax, loss = SoftMaxModule(), CrossEntropyModule()
+    y = softmax.forward(x)
+    chained = softmax.backward(loss.backward(y, t))
+    np.testing.assert_allclose(chained, (y - t) / 6, rtol=1e-10, atol=1e-14)
+
+
+def test_batchnorm_gradient_path_by_path():
+    """report.tex: dL/dx from dL/dvar and dL/dmu (the path-by-path form) equals the compact
+    form of CustomBatchNormManualFunction, and sum_b dL/dx_b = 0."""
+    import torch
+
+    from custom_batchnorm import CustomBatchNormManualFunction
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64) * 2 + 1
+    gamma = torch.randn(3, generator=gen, dtype=torch.float64)
+    beta = torch.randn(3, generator=gen, dtype=torch.float64)
+    dy = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    eps = 0.5  # large, so that the eps terms of the orthogonality check below matter
+    leaf = x.clone().requires_grad_()
+    CustomBatchNormManualFunction.apply(leaf, gamma, beta, eps).backward(dy)
+
+    b = x.shape[0]
+    mu = x.mean(0)
+    var = ((x - mu) ** 2).mean(0)
+    g = gamma * dy                                              # dL/dx_hat
+    d_var = (g * (x - mu)).sum(0) * -0.5 * (var + eps) ** -1.5
+    d_mu = -(g / torch.sqrt(var + eps)).sum(0) + d_var * (-2 / b) * (x - mu).sum(0)
+    dx = g / torch.sqrt(var + eps) + d_var * 2 * (x - mu) / b + d_mu / b
+    torch.testing.assert_close(dx, leaf.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(leaf.grad.sum(0), torch.zeros(3, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    # Orthogonal to x_hat up to eps: sum_b x_hat_b dL/dx_b = gamma s eps / (var + eps) *
+    # sum_b dL/dy_b x_hat_b.
+    s = (var + eps) ** -0.5
+    x_hat = (x - mu) * s
+    torch.testing.assert_close((x_hat * leaf.grad).sum(0),
+                               gamma * s * eps / (var + eps) * (dy * x_hat).sum(0),
+                               rtol=1e-6, atol=1e-12)
