@@ -45,6 +45,19 @@ def evaluate_numpy(model, x, targets, loss_module, batch=5000):
     return total_loss / len(x), correct / len(x)
 
 
+def make_train_step(model, loss_module, train_set, batch_size, learning_rate):
+    """Returns step(step_number) -> loss: one SGD update of model on the next mini-batch of
+    train_set (images float32 (N, 3, 32, 32), one-hot labels (N, C))."""
+    def step(_=None):
+        x, y = train_set.next_batch(batch_size)
+        probs = model.forward(x.reshape(batch_size, -1))  # a view: no copy
+        loss = loss_module.forward(probs, y)
+        model.backward(loss_module.backward(probs, y), input_grad=False)
+        model.sgd_step(learning_rate)
+        return loss
+    return step
+
+
 def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
           max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
           eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=SEED_DEFAULT, out_dir=None):
@@ -74,13 +87,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     loss_module = CrossEntropyModule()
     run = Run(__file__, flags, out_dir)
 
-    def train_step(step):
-        x, y = train_set.next_batch(batch_size)
-        probs = model.forward(x.reshape(batch_size, -1))
-        loss = loss_module.forward(probs, y)
-        model.backward(loss_module.backward(probs, y), input_grad=False)
-        model.sgd_step(learning_rate)
-        return loss
+    train_step = make_train_step(model, loss_module, train_set, batch_size, learning_rate)
 
     def evaluate():
         return evaluate_numpy(model, x_test, test_set.labels, loss_module)

@@ -68,6 +68,25 @@ def make_schedule(name, optimizer, max_steps):
     return None
 
 
+def make_train_step(model, optimizer, train_set, batch_size, device, schedule=None,
+                    augment=False, augment_padding=4):
+    """Returns step(step_number) -> loss: one update of model on the next mini-batch of
+    train_set (images float32 (N, 3, 32, 32), int64 labels (N,))."""
+    def step(_=None):
+        x, y = train_set.next_batch(batch_size)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        if augment:
+            x = augment_batch(x, padding=augment_padding)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        return loss.item()
+    return step
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         raise FlagError(f'--{name} must be one of {", ".join(choices)}, got {value!r}.')
@@ -120,18 +139,8 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     run = Run(__file__, flags, out_dir)
     run.metrics['device'] = str(dev)
 
-    def train_step(step):
-        x, y = train_set.next_batch(batch_size)
-        x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-        if augment:
-            x = augment_batch(x, padding=augment_padding)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if schedule is not None:
-            schedule.step()
-        return loss.item()
+    train_step = make_train_step(model, opt, train_set, batch_size, dev, schedule=schedule,
+                                 augment=augment, augment_padding=augment_padding)
 
     def evaluate():
         return evaluate_torch(model, test_set.images, test_set.labels, dev)
