@@ -21,7 +21,6 @@ from train_utils import (
     cli,
     evaluate_torch,
     hidden_units,
-    make_parser,
     non_negative_float,
     non_negative_int,
     run_training,
@@ -151,11 +150,11 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 
 
 def build_parser():
-    p = make_parser(__doc__.split('\n\n')[0], dict(
-        learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
-        batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT))
-    p.add_argument('--dnn_hidden_units', type=hidden_units, default=DNN_HIDDEN_UNITS_DEFAULT,
-                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
+    # The NumPy script's flags and course defaults, then the PyTorch options.
+    from train_mlp_numpy import build_parser as numpy_parser
+
+    p = numpy_parser()
+    p.description = __doc__.split('\n\n')[0]
     p.add_argument('--optimizer', choices=OPTIMIZERS, default='sgd', help='optimizer')
     p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
     p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
@@ -180,7 +179,6 @@ def build_parser():
                    help='auto: CUDA when available')
     p.add_argument('--preset', choices=tuple(PRESETS), default=None,
                    help='a tuned set of flags (see README); flags given explicitly win')
-    p.set_defaults(seed=SEED_DEFAULT)
     return p
 
 
