@@ -392,7 +392,7 @@ def plot_heatmap(table, path, title=''):
     axes[0][0].set_ylabel('learning rate')
     fig.colorbar(im, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1.04)  # above the panel titles
     tmp = f'{path}.tmp.png'
     fig.savefig(tmp, dpi=150, bbox_inches='tight')
     plt.close(fig)
