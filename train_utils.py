@@ -280,7 +280,8 @@ def _versions():
     versions = {'python': platform.python_version(), 'numpy': np.__version__}
     torch = sys.modules.get('torch')
     if torch is not None:
-        versions['torch'] = torch.__version__
+        # A plain str: TorchVersion would stop weights_only loading of checkpoints with metrics.
+        versions['torch'] = str(torch.__version__)
     return versions
 
 
