@@ -13,6 +13,18 @@ import torch.nn.functional as F
 
 import cifar10_utils
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
+
+# The course's defaults, flags and flag checks are the NumPy script's.
+from train_mlp_numpy import (
+    BATCH_SIZE_DEFAULT,
+    DNN_HIDDEN_UNITS_DEFAULT,
+    EVAL_FREQ_DEFAULT,
+    LEARNING_RATE_DEFAULT,
+    MAX_STEPS_DEFAULT,
+    SEED_DEFAULT,
+    check_flags,
+)
+from train_mlp_numpy import build_parser as numpy_parser
 from train_utils import (
     FlagError,
     Run,
@@ -27,14 +39,6 @@ from train_utils import (
     select_device,
     set_seed,
 )
-
-# The course's defaults.
-DNN_HIDDEN_UNITS_DEFAULT = '100'
-LEARNING_RATE_DEFAULT = 2e-3
-MAX_STEPS_DEFAULT = 1500
-BATCH_SIZE_DEFAULT = 200
-EVAL_FREQ_DEFAULT = 100
-SEED_DEFAULT = 42
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'onecycle')
@@ -101,8 +105,6 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 
     preset only records which preset the flags came from (main applies it).
     """
-    from train_mlp_numpy import check_flags  # the same checks, the same messages
-
     hidden = (hidden_units(dnn_hidden_units) if isinstance(dnn_hidden_units, str)
               else list(dnn_hidden_units))
     check_flags(hidden, learning_rate, max_steps, batch_size, eval_freq)
@@ -150,10 +152,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 
 
 def build_parser():
-    # The NumPy script's flags and course defaults, then the PyTorch options.
-    from train_mlp_numpy import build_parser as numpy_parser
-
-    p = numpy_parser()
+    p = numpy_parser()  # the NumPy script's flags and course defaults, then PyTorch's options
     p.description = __doc__.split('\n\n')[0]
     p.add_argument('--optimizer', choices=OPTIMIZERS, default='sgd', help='optimizer')
     p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')

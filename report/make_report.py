@@ -253,34 +253,31 @@ def load_grid(grid):
     grid.heatmap_png = png if os.path.isfile(png) else None
 
 
-def rerun_command(spec):
-    """The command that reproduces spec's run into spec.path: the one recorded in its
-    metrics.json, else the one in runs.json; None when neither is known."""
+def recorded_command(path, fallback, out_dir):
+    """The command recorded under "command" in the JSON file path (a run's metrics.json or the
+    grid's best.json), else fallback (runs.json's), pointed at out_dir; None when neither is
+    known."""
     recorded = None
     try:
-        with open(os.path.join(spec.path, 'metrics.json')) as f:
+        with open(path) as f:
             recorded = json.load(f).get('command')
     except (OSError, json.JSONDecodeError, AttributeError):
         pass
     if not (isinstance(recorded, list) and recorded):
-        recorded = spec.command
-    if not recorded:
-        return None
-    return with_out_dir(recorded, spec.shown_path)
+        recorded = fallback
+    return with_out_dir(recorded, out_dir) if recorded else None
+
+
+def rerun_command(spec):
+    """The command that reproduces spec's run into spec.path."""
+    return recorded_command(os.path.join(spec.path, 'metrics.json'), spec.command,
+                            spec.shown_path)
 
 
 def grid_command(grid):
-    """The command that reproduces the grid search into grid.path: best.json's "command"
-    when gridsearch.py records one, else runs.json's; None when neither is known."""
-    command = None
-    try:
-        with open(os.path.join(grid.path, 'best.json')) as f:
-            command = json.load(f).get('command')
-    except (OSError, json.JSONDecodeError, AttributeError):
-        pass
-    if not (isinstance(command, list) and command):
-        command = grid.command
-    return with_out_dir(command, grid.shown_path) if command else None
+    """The command that reproduces the grid search into grid.path."""
+    return recorded_command(os.path.join(grid.path, 'best.json'), grid.command,
+                            grid.shown_path)
 
 
 def without_out_dir(command):
