@@ -12,7 +12,7 @@ import numpy as np
 import cifar10_utils
 from mlp_numpy import MLP
 from modules import CrossEntropyModule
-from train_utils import FlagError, Run, accuracy, cli, hidden_units, make_parser, run_training
+from train_utils import Run, cli, hidden_units, make_parser
 
 # The course's defaults.
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -20,95 +20,74 @@ LEARNING_RATE_DEFAULT = 2e-3
 MAX_STEPS_DEFAULT = 1500
 BATCH_SIZE_DEFAULT = 200
 EVAL_FREQ_DEFAULT = 100
-SEED_DEFAULT = 42
 
 
-def check_flags(hidden, learning_rate, max_steps, batch_size, eval_freq):
-    """Raises FlagError for values no run can use (the parser checks them too; this covers
-    train() called from Python)."""
-    for name, value in (('learning_rate', learning_rate), ('max_steps', max_steps),
-                        ('batch_size', batch_size), ('eval_freq', eval_freq)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-            raise FlagError(f'--{name} must be positive, got {value!r}.')
-    if any(not isinstance(h, int) or h <= 0 for h in hidden):
-        raise FlagError(f'--dnn_hidden_units must be positive integers, got {hidden!r}.')
+def train_step(model, loss_module, x, y, learning_rate):
+    """One SGD update of model on a batch; returns the batch's loss before the update.
+
+    x: float32 (B, 3072) images; y: one-hot (B, 10) labels.
+    """
+    probs = model.forward(x)
+    loss = loss_module.forward(probs, y)
+    model.backward(loss_module.backward(probs, y), input_grad=False)  # dL/dx is not needed
+    model.sgd_step(learning_rate)
+    return loss
 
 
-def evaluate_numpy(model, x, targets, loss_module, batch=5000):
-    """Mean loss and accuracy of model on (x, targets), in batches to bound memory."""
+def evaluate(model, loss_module, x, y, batch_size=5000):
+    """Mean loss and accuracy of model on (x, y), batch_size rows at a time to bound memory."""
     total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch):
-        probs = model.forward(x[start:start + batch])
-        t = targets[start:start + batch]
-        total_loss += loss_module.forward(probs, t) * len(t)
-        correct += accuracy(probs, t) * len(t)
+    for start in range(0, len(x), batch_size):
+        probs = model.forward(x[start:start + batch_size])
+        targets = y[start:start + batch_size]
+        total_loss += loss_module.forward(probs, targets) * len(targets)
+        correct += np.sum(probs.argmax(axis=1) == targets.argmax(axis=1))
     return total_loss / len(x), correct / len(x)
-
-
-def make_train_step(model, loss_module, train_set, batch_size, learning_rate):
-    """Returns step(step_number) -> loss: one SGD update of model on the next mini-batch of
-    train_set (images float32 (N, 3, 32, 32), one-hot labels (N, C))."""
-    def step(_=None):
-        x, y = train_set.next_batch(batch_size)
-        probs = model.forward(x.reshape(batch_size, -1))  # a view: no copy
-        loss = loss_module.forward(probs, y)
-        model.backward(loss_module.backward(probs, y), input_grad=False)
-        model.sgd_step(learning_rate)
-        return loss
-    return step
 
 
 def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
           max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
-          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=SEED_DEFAULT, out_dir=None):
+          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None):
     """Trains an MLP with SGD and returns the metrics written to out_dir/metrics.json.
 
     dnn_hidden_units: '100,100'-style string or a list of ints.
     """
-    hidden = (hidden_units(dnn_hidden_units) if isinstance(dnn_hidden_units, str)
-              else list(dnn_hidden_units))
-    check_flags(hidden, learning_rate, max_steps, batch_size, eval_freq)
-    flags = dict(dnn_hidden_units=hidden, learning_rate=learning_rate, max_steps=max_steps,
-                 batch_size=batch_size, eval_freq=eval_freq, data_dir=data_dir, seed=seed,
-                 out_dir=out_dir)
+    if isinstance(dnn_hidden_units, str):
+        dnn_hidden_units = hidden_units(dnn_hidden_units)
+    flags = dict(dnn_hidden_units=list(dnn_hidden_units), learning_rate=learning_rate,
+                 max_steps=max_steps, batch_size=batch_size, eval_freq=eval_freq,
+                 data_dir=data_dir, seed=seed, out_dir=out_dir)
 
     rng = np.random.default_rng(seed)
     data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed)
     train_set, test_set = data['train'], data['test']
-    if batch_size > train_set.num_examples:
-        raise FlagError(f'--batch_size {batch_size} is larger than the training set '
-                        f'({train_set.num_examples} images).')
-    x_test = test_set.images.reshape(test_set.num_examples, -1)
-    n_inputs = x_test.shape[1]
-    n_classes = test_set.labels.shape[1]
-
+    x_test = test_set.images.reshape(len(test_set.images), -1)
     # float32 throughout: half the memory traffic of float64 and twice the BLAS rate.
-    model = MLP(n_inputs, hidden, n_classes, dtype=np.float32, rng=rng)
+    model = MLP(x_test.shape[1], flags['dnn_hidden_units'], test_set.labels.shape[1],
+                dtype=np.float32, rng=rng)
     loss_module = CrossEntropyModule()
-    run = Run(__file__, flags, out_dir)
 
-    train_step = make_train_step(model, loss_module, train_set, batch_size, learning_rate)
-
-    def evaluate():
-        return evaluate_numpy(model, x_test, test_set.labels, loss_module)
-
-    with np.errstate(over='ignore', invalid='ignore'):  # divergence is caught as a NaN loss
-        return run_training(run, max_steps, eval_freq, train_step, evaluate,
-                            learning_rate=learning_rate)
-
-
-def build_parser():
-    p = make_parser(__doc__.split('\n\n')[0], dict(
-        learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
-        batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT))
-    p.add_argument('--dnn_hidden_units', type=hidden_units, default=DNN_HIDDEN_UNITS_DEFAULT,
-                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
-    p.set_defaults(seed=SEED_DEFAULT)
-    return p
+    # A diverging run overflows on its way to a NaN loss, which the run reports.
+    with Run(__file__, flags, out_dir, max_steps) as run, np.errstate(over='ignore',
+                                                                       invalid='ignore'):
+        for step in range(1, max_steps + 1):
+            if run.stop_requested:
+                raise KeyboardInterrupt  # Ctrl-C, answered between two steps
+            x, y = train_set.next_batch(batch_size)
+            loss = train_step(model, loss_module, x.reshape(batch_size, -1), y, learning_rate)
+            run.log_step(step, loss)
+            if step % eval_freq == 0 or step == max_steps:
+                run.log_eval(step, *evaluate(model, loss_module, x_test, test_set.labels))
+    return run.metrics
 
 
 def main(argv=None):
-    return cli(train, build_parser().parse_args(argv))
+    parser = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
+                         EVAL_FREQ_DEFAULT)
+    parser.add_argument('--dnn_hidden_units', type=hidden_units,
+                        default=DNN_HIDDEN_UNITS_DEFAULT,
+                        help='comma-separated sizes of the hidden layers, e.g. 500,500')
+    return cli(train, parser.parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -14,15 +14,7 @@ from torch import nn
 import train_convnet_pytorch
 from cifar10_utils import DataSet
 from convnet_pytorch import ConvNet
-from train_convnet_pytorch import (
-    PRESETS,
-    make_optimizer,
-    make_train_step,
-    parse_args,
-    read_checkpoint,
-    train,
-)
-from train_utils import FlagError, TrainingDiverged
+from train_convnet_pytorch import PRESETS, make_optimizer, parse_args, read_checkpoint, train
 
 # Table 1 of the assignment: name, then in/out channels of a conv block or of the linear layer.
 TABLE_1 = [
@@ -34,7 +26,7 @@ TABLE_1 = [
 ]
 SCHEMA = {'script', 'out_dir', 'command', 'flags', 'status', 'steps', 'train_loss',
           'eval_steps', 'test_loss', 'test_accuracy', 'final_test_accuracy',
-          'best_test_accuracy', 'wall_seconds', 'train_seconds', 'started', 'versions'}
+          'best_test_accuracy', 'wall_seconds', 'started', 'versions'}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -109,8 +101,9 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
     batches = DataSet(images, labels, seed=0)
     model = ConvNet(3, 10, width=1 / 4)
     opt = make_optimizer('ADAM', model.parameters(), learning_rate=1e-3, weight_decay=0)
-    step = make_train_step(model, opt, batches, 8, torch.device('cpu'))
-    losses = [step() for _ in range(6)]
+    losses = [train_convnet_pytorch.train_step(model, opt, *map(torch.from_numpy,
+                                                                batches.next_batch(8)))
+              for _ in range(6)]
     assert all(loss.shape == () and not loss.requires_grad for loss in losses)
     losses = [loss.item() for loss in losses]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -174,7 +167,7 @@ def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_convnet, tmp_p
         assert resumed[key] == straight[key], key
     assert resumed['status'] == 'completed' and resumed['flags']['max_steps'] == 6
     assert resumed['resumed'] == [{'from': str(tmp_path / 'halves' / 'last.pt'), 'step': 3}]
-    assert resumed['wall_seconds'] > resumed['train_seconds'] > 0
+    assert resumed['wall_seconds'] > 0
 
 
 def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_path,
@@ -211,8 +204,8 @@ def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_pat
 
 
 def test_diverging_run_stops_with_advice(fake_cifar, small_convnet, tmp_path):
-    with pytest.raises(TrainingDiverged, match=r'lower --learning_rate \(now 1e\+10\)'):
-        train(learning_rate=1e10, max_steps=50, batch_size=20, data_dir=fake_cifar,
+    with pytest.raises(FloatingPointError, match=r'diverged; lower --learning_rate'):
+        train(learning_rate=1e30, max_steps=50, batch_size=20, data_dir=fake_cifar,
               out_dir=str(tmp_path / 'run'))
     with open(tmp_path / 'run' / 'metrics.json') as f:
         assert json.load(f)['status'] == 'diverged'
@@ -225,8 +218,7 @@ def test_cuda_without_a_gpu_falls_back_to_the_cpu(fake_cifar, small_convnet, tmp
         ['--device', 'cuda', '--amp', '--max_steps', '1', '--batch_size', '10',
          '--data_dir', fake_cifar, '--out_dir', str(tmp_path / 'run')]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert 'warning: --device cuda asked for, but no CUDA GPU is available; using the CPU.' \
-        in err
+    assert 'warning: no CUDA GPU is available; using the CPU.' in err
     assert 'warning: --amp applies on CUDA only; training in float32 on the CPU.' in err
     with open(tmp_path / 'run' / 'metrics.json') as f:
         assert json.load(f)['device'] == 'cpu'
@@ -266,9 +258,9 @@ def write_garbage(path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--learning_rate', '0'], "argument --learning_rate: expected a number > 0, got '0'"),
-    (['--max_steps', '-1'], "argument --max_steps: expected a positive integer, got '-1'"),
-    (['--batch_size', '2.5'], "argument --batch_size: expected a positive integer, got '2.5'"),
+    (['--learning_rate', '0'], "argument --learning_rate: expected a finite number > 0, got"),
+    (['--max_steps', '-1'], "argument --max_steps: expected an integer > 0, got '-1'"),
+    (['--batch_size', '2.5'], "argument --batch_size: expected an integer > 0, got '2.5'"),
     (['--weight_decay', 'inf'], "argument --weight_decay: expected a finite number >= 0"),
     (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'RMSPROP'"),
     (['--device', 'tpu'], "argument --device: invalid choice: 'tpu'"),
@@ -276,9 +268,7 @@ def write_garbage(path):
     (['--preset', 'short'], "argument --preset: invalid choice: 'short'"),
     (['--resume', '{tmp}/missing.pt'], 'error: checkpoint {tmp}/missing.pt does not exist.'),
     (['--resume', '{garbage}'], 'error: {garbage} is not a readable checkpoint '
-                                '(UnpicklingError: not a PyTorch checkpoint'),
-    (['--resume', '{tmp}/x.pt', '--seed', '1', '--learning_rate', '1'],
-     'error: --learning_rate, --seed cannot change when resuming'),
+                                '(UnpicklingError).'),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, cli_name, args, message):
     garbage = write_garbage(tmp_path / 'garbage.pt')
@@ -292,26 +282,52 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, cli_name, args, messag
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(optimizer='adam'), "--optimizer must be one of ADAM, SGD, got 'adam'."),
-    (dict(lr_schedule='cosine'), "--lr_schedule must be one of constant, onecycle"),
-    (dict(batch_size=0), '--batch_size must be positive, got 0.'),
+    (dict(optimizer='adam'), "optimizer must be one of ADAM, SGD, got 'adam'."),
+    (dict(lr_schedule='cosine'), "lr_schedule must be one of constant, onecycle"),
+    (dict(learning_rate=-1), 'Invalid learning rate: -1'),
+    (dict(batch_size=0), 'batch_size must be between 1 and the 200 examples of this set'),
     (dict(resume='/nonexistent/last.pt'), 'checkpoint /nonexistent/last.pt does not exist.'),
 ])
-def test_train_checks_its_arguments(kwargs, message):
-    with pytest.raises(FlagError, match=message.replace('(', r'\(')):
-        train(**kwargs)
+def test_train_checks_its_arguments(fake_cifar, small_convnet, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(')):
+        train(data_dir=fake_cifar, out_dir=str(tmp_path / 'run'), **kwargs)
+    assert not (tmp_path / 'run').exists()
 
 
 def test_resume_refuses_a_changed_run(fake_cifar, small_convnet, tmp_path):
     train(max_steps=2, batch_size=10, data_dir=fake_cifar, out_dir=str(tmp_path / 'run'))
     last = str(tmp_path / 'run' / 'last.pt')
-    with pytest.raises(FlagError, match=r"trained with --batch_size 10; a resumed run must"):
+    with pytest.raises(ValueError, match=r"trained with --batch_size 10; a resumed run must"):
         train(max_steps=4, batch_size=20, data_dir=fake_cifar, resume=last)
-    with pytest.raises(FlagError, match='is at step 2, beyond --max_steps 1'):
+    with pytest.raises(ValueError, match='is at step 2, beyond --max_steps 1'):
         train(max_steps=1, batch_size=10, data_dir=fake_cifar, resume=last)
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pt')
-    with pytest.raises(FlagError, match='is not a checkpoint of train_convnet_pytorch.py'):
+    with pytest.raises(ValueError, match='is not a checkpoint of train_convnet_pytorch.py'):
         train(resume=str(tmp_path / 'other.pt'))
+    # A checkpoint with the right keys but another network's weights.
+    state = torch.load(last, weights_only=True)
+    state['model'] = {'weight': torch.zeros(2)}
+    torch.save(state, tmp_path / 'foreign.pt')
+    with pytest.raises(ValueError, match=r'foreign.pt does not hold the states of this run'):
+        train(max_steps=4, batch_size=10, data_dir=fake_cifar,
+              resume=str(tmp_path / 'foreign.pt'))
+
+
+def test_resume_on_the_command_line_keeps_the_saved_flags(fake_cifar, small_convnet, tmp_path,
+                                                          capsys, cli_name):
+    train(max_steps=2, batch_size=10, learning_rate=1e-3, data_dir=fake_cifar,
+          out_dir=str(tmp_path / 'run'))
+    last = str(tmp_path / 'run' / 'last.pt')
+    args = parse_args(['--resume', last, '--max_steps', '4'])
+    assert (args.batch_size, args.learning_rate, args.max_steps) == (10, 1e-3, 4)
+    # Giving a saved value again is no change; another value is refused with one sentence.
+    assert train_convnet_pytorch.main(['--resume', last, '--max_steps', '3',
+                                       '--learning_rate', '1e-3']) == 0
+    assert train_convnet_pytorch.main(['--resume', last, '--max_steps', '4', '--seed', '1',
+                                       '--learning_rate', '0.1']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f'train_convnet_pytorch.py: error: {last} was trained with --learning_rate '
+                   '0.001, --seed 42; a resumed run must keep them.')
 
 
 def test_help_explains_every_flag():

@@ -12,11 +12,12 @@ from conftest import ROOT
 from torch import nn
 
 import mlp_numpy
+import train_mlp_numpy
 import train_mlp_pytorch
 from custom_batchnorm import CustomBatchNormAutograd, CustomBatchNormManualModule
 from mlp_pytorch import MLP
 from modules import CrossEntropyModule
-from train_utils import FlagError, TrainingDiverged, apply_preset, augment_batch, evaluate_torch
+from train_utils import augment_batch, evaluate
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -61,7 +62,8 @@ def test_bad_options(kwargs, message):
 
 
 def test_matches_the_numpy_mlp_step_for_step():
-    """Same weights, same batch, one SGD step: same loss, same gradients, same weights."""
+    """Same weights, same batches: the two scripts' train_step give the same losses and
+    weights."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 20))
     y = rng.integers(0, 4, 16)
@@ -77,15 +79,9 @@ def test_matches_the_numpy_mlp_step_for_step():
     ce = CrossEntropyModule()
     onehot = np.eye(4)[y]
     for _ in range(3):
-        probs = ref.forward(x)
-        ref_loss = ce.forward(probs, onehot)
-        ref.backward(ce.backward(probs, onehot))
-        ref.sgd_step(0.1)
-        loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        assert abs(loss.item() - ref_loss) < 1e-12
+        ref_loss = train_mlp_numpy.train_step(ref, ce, x, onehot, learning_rate=0.1)
+        loss = train_mlp_pytorch.train_step(model, opt, torch.from_numpy(x), torch.from_numpy(y))
+        assert abs(loss - ref_loss) < 1e-12
     for lin, ref_lin in zip(linears, ref.linear_layers):
         np.testing.assert_allclose(lin.weight.detach().numpy(), ref_lin.params['weight'],
                                    rtol=0, atol=1e-12)
@@ -96,8 +92,8 @@ def test_evaluation_uses_eval_mode():
     images = np.random.default_rng(0).standard_normal((50, 12)).astype(np.float32)
     labels = np.zeros(50, dtype=np.int64)
     model.train()
-    a = evaluate_torch(model, images, labels, torch.device('cpu'), batch_size=7)
-    b = evaluate_torch(model, images, labels, torch.device('cpu'), batch_size=50)
+    a = evaluate(model, images, labels, torch.device('cpu'), batch_size=7)
+    b = evaluate(model, images, labels, torch.device('cpu'), batch_size=50)
     assert model.training  # restored
     assert a == pytest.approx(b, abs=1e-6)  # no dropout noise, no batch statistics
     assert torch.all(model.layers[1].running_mean == 0)  # running statistics untouched
@@ -142,7 +138,7 @@ def test_augment_batch_crops_and_flips():
 
 
 def test_diverging_run(fake_cifar, tmp_path):
-    with pytest.raises(TrainingDiverged, match='lower --learning_rate'):
+    with pytest.raises(FloatingPointError, match='lower --learning_rate'):
         train_mlp_pytorch.train('20', learning_rate=1e4, max_steps=100, batch_size=20,
                                 data_dir=fake_cifar, out_dir=str(tmp_path / 'r'),
                                 init='kaiming', momentum=0.9)
@@ -150,33 +146,46 @@ def test_diverging_run(fake_cifar, tmp_path):
 
 def test_bad_values_from_python(fake_cifar, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FlagError, match='--optimizer must be one of sgd, adam, adamw'):
+    with pytest.raises(ValueError, match='optimizer must be one of sgd, adam, adamw'):
         train_mlp_pytorch.train(optimizer='rmsprop', data_dir=fake_cifar)
-    with pytest.raises(FlagError, match=r'--dropout must be in \[0, 1\)'):
+    with pytest.raises(ValueError, match='lr_schedule must be one of constant, cosine'):
+        train_mlp_pytorch.train(lr_schedule='step', data_dir=fake_cifar)
+    with pytest.raises(ValueError, match='Invalid learning rate: -1'):
+        train_mlp_pytorch.train(learning_rate=-1, data_dir=fake_cifar)
+    with pytest.raises(ValueError, match=r'dropout must be in \[0, 1\)'):
         train_mlp_pytorch.train(dropout=1.5, data_dir=fake_cifar)
     assert not (tmp_path / 'runs').exists()  # nothing is created before the checks
 
 
-def test_preset_values_and_explicit_flags_win():
-    parser = train_mlp_pytorch.build_parser()
+def parsed_args(argv, monkeypatch):
+    """The arguments main() hands to train()."""
+    seen = {}
+    monkeypatch.setattr(train_mlp_pytorch, 'train', lambda **kw: seen.update(kw))
+    monkeypatch.setattr(train_mlp_pytorch, 'cli', lambda train, args: train(**vars(args)))
+    train_mlp_pytorch.main(argv)
+    return seen
+
+
+def test_preset_values_and_explicit_flags_win(monkeypatch):
     best = train_mlp_pytorch.PRESETS['best']
-    args = apply_preset(parser, ['--preset', 'best', '--max_steps', '7', '--dropout', '0'],
-                        train_mlp_pytorch.PRESETS)
-    assert args.max_steps == 7 and args.dropout == 0.0
-    assert args.optimizer == best['optimizer'] and args.batchnorm == best['batchnorm']
-    assert args.dnn_hidden_units == best['dnn_hidden_units']
-    plain = apply_preset(parser, [], train_mlp_pytorch.PRESETS)
-    assert plain.optimizer == 'sgd' and plain.max_steps == 1500 and plain.init == 'course'
+    args = parsed_args(['--preset', 'best', '--max_steps', '7', '--dropout', '0'], monkeypatch)
+    assert args['max_steps'] == 7 and args['dropout'] == 0.0
+    assert args['optimizer'] == best['optimizer'] and args['batchnorm'] == best['batchnorm']
+    assert args['dnn_hidden_units'] == best['dnn_hidden_units']
+    assert args['preset'] == 'best'
+    plain = parsed_args([], monkeypatch)
+    assert plain['optimizer'] == 'sgd' and plain['max_steps'] == 1500
+    assert plain['init'] == 'course' and plain['dnn_hidden_units'] == [100]
 
 
-def run_script(args, cwd):
+def run_script(args, cwd, timeout=120):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'train_mlp_pytorch.py'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('args, message', [
     (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'rmsprop'"),
-    (['--dropout', '1'], r'--dropout must be in [0, 1), got 1.0.'),
+    (['--dropout', '1'], r'dropout must be in [0, 1), got 1.0.'),
     (['--weight_decay=-1'], 'argument --weight_decay: expected a finite number >= 0'),
     (['--dnn_hidden_units', '100,x'], 'argument --dnn_hidden_units: expected comma-separated'),
     (['--preset', 'fastest'], "argument --preset: invalid choice: 'fastest'"),
@@ -207,8 +216,9 @@ def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
 @pytest.mark.slow
 def test_best_preset_on_real_data(real_cifar, tmp_path):
     """`--preset best`: at least 0.60 test accuracy, in at most 10 minutes on 2 CPU cores."""
-    args = apply_preset(train_mlp_pytorch.build_parser(),
-                        ['--preset', 'best', '--data_dir', real_cifar,
-                         '--out_dir', str(tmp_path / 'best')], train_mlp_pytorch.PRESETS)
-    metrics = train_mlp_pytorch.train(**vars(args))
+    result = run_script(['--preset', 'best', '--data_dir', real_cifar,
+                         '--out_dir', str(tmp_path / 'best')], cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / 'best' / 'metrics.json') as f:
+        metrics = json.load(f)
     assert metrics['final_test_accuracy'] >= 0.60, metrics['test_accuracy']
