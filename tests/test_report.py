@@ -43,8 +43,11 @@ def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='complet
 
 
 def fake_grid(folder):
-    """The files gridsearch.py writes: cv_results.csv, best.json and results.tex."""
+    """The files gridsearch.py writes: cv_results.csv, best.json, results.tex and heatmap.png."""
+    import matplotlib.pyplot as plt
+
     os.makedirs(folder, exist_ok=True)
+    plt.imsave(os.path.join(folder, 'heatmap.png'), np.random.default_rng(0).random((40, 40)))
     rows = []
     for bs in (100, 200):
         for lr in (1e-3, 1e-2, 1e-1):
@@ -105,9 +108,19 @@ def fake_project(tmp_path, skip=()):
     return str(path)
 
 
-FIGURES = [*(f'curves_{name}' for name in RUNS), 'comparison', 'gridsearch_heatmap']
+# The curves and the heatmap are their owners' PNGs (train_utils.plot_curves, gridsearch.py).
+FIGURES = [*(f'curves_{name}.png' for name in RUNS), 'comparison.pdf', 'comparison.png',
+           'gridsearch_heatmap.png']
 TABLES = ['runs.tex', 'results.tex', 'results.md', 'modifications.tex', 'modifications.md',
           'commands.tex', 'gridsearch.tex', 'gridsearch_results.tex']
+
+
+def markdown_rows(path):
+    """The cells of a Markdown table, row by row (the header first, the |---| line left out)."""
+    lines = path.read_text().splitlines()
+    assert set(lines[1]) <= set('|-: '), 'the second line separates the header'
+    return [[cell.strip() for cell in line.strip().strip('|').split('|')]
+            for line in [lines[0], *lines[2:]]]
 
 
 @pytest.fixture(scope='module')
@@ -129,19 +142,21 @@ def report(tmp_path_factory):
 
 def test_every_figure_and_table(report):
     out, _, err = report
-    for stem in FIGURES:
-        for ext in ('pdf', 'png'):
-            assert (out / 'figures' / f'{stem}.{ext}').stat().st_size > 1000, stem
+    for name in FIGURES:
+        assert (out / 'figures' / name).stat().st_size > 1000, name
     for name in TABLES:
         assert (out / 'tables' / name).stat().st_size > 0, name
     assert not list(out.rglob('*.tmp*')), 'a temporary file was left behind'
 
-    md = (out / 'tables' / 'results.md').read_text()
-    assert '| mlp numpy default | `python train_mlp_numpy.py` | 0.500 | 0.500 | 30 |' in md
-    mods = (out / 'tables' / 'modifications.md').read_text().splitlines()
-    assert mods[2] == '| defaults | `(baseline)` | 0.500 | 0.500 | 30 | 12 s |'
-    assert mods[3] == '| Adam | `--optimizer adam` | 0.500 | 0.500 | 30 (diverged) | 12 s |'
-    assert mods[4].startswith('| best | `--optimizer adamw --dropout 0.2` |')
+    results = markdown_rows(out / 'tables' / 'results.md')
+    assert results[0] == ['model', 'command', 'final test accuracy', 'best test accuracy',
+                          'steps', 'time', 'device']
+    assert results[1] == ['mlp numpy default', '`python train_mlp_numpy.py`', '0.500', '0.500',
+                          '30', '12 s', 'cpu']
+    mods = markdown_rows(out / 'tables' / 'modifications.md')
+    assert mods[1] == ['defaults', '`(baseline)`', '0.500', '0.500', '30', '12 s']
+    assert mods[2] == ['Adam', '`--optimizer adam`', '0.500', '0.500', '30 (diverged)', '12 s']
+    assert mods[3][:2] == ['best', '`--optimizer adamw --dropout 0.2`']
     # LaTeX would set -- as an en dash.
     assert '-{}-optimizer adam' in (out / 'tables' / 'modifications.tex').read_text()
     macros = (out / 'tables' / 'runs.tex').read_text()
@@ -183,21 +198,35 @@ def test_no_latex_is_one_line_and_success(report, monkeypatch):
     assert '\n' not in message
 
 
-def test_grid_table_from_a_bare_tabular_or_from_cv_results(tmp_path):
-    """gridsearch.py's results.tex is \\input as it is when it is a whole table; a bare tabular
-    gets a table around it; without results.tex the table comes from cv_results.csv."""
-    fake_grid(tmp_path / 'grid')
-    grid = make_report.GridSpec(path=str(tmp_path / 'grid'), shown_path='grid')
-    make_report.load_grid(grid)
-    grid.results_tex = '\\begin{tabular}{l}\nx \\\\\n\\end{tabular}\n'
-    make_report.grid_tables(grid, str(tmp_path))
-    wrapper = (tmp_path / 'gridsearch.tex').read_text()
-    assert wrapper.startswith('\\begin{table}') and '\\label{tab:gridsearch}' in wrapper
-    grid.results_tex = None
-    make_report.grid_tables(grid, str(tmp_path))
-    table = (tmp_path / 'gridsearch_results.tex').read_text().splitlines()
-    assert table[2] == 'batch\\_size & lr & n\\_hidden & optimizer & mean CV accuracy \\\\'
-    assert table[4] == '100 & 0.01 & 200,200 & adam & 0.440 $\\pm$ 0.010 \\\\'
+@pytest.mark.parametrize('folder, name, content, problem', [
+    ('mlp_numpy_default', 'metrics.json', '[1, 2]', 'metrics.json is not a JSON object'),
+    ('mlp_numpy_default', 'metrics.json', '{"steps": [1]}',
+     'metrics.json lacks "train_loss" or holds it with the wrong type'),
+    ('convnet_default', 'metrics.json', None,
+     'metrics.json has a series that holds something other than numbers'),
+    ('gridsearch', 'best.json', '{"best_params": []}',
+     'best.json lacks "best_params" or holds it with the wrong type'),
+    ('gridsearch', 'heatmap.png', 'REMOVE', 'heatmap.png not found'),
+    ('gridsearch', 'results.tex', 'REMOVE', 'results.tex not found'),
+])
+def test_a_broken_run_is_one_line(tmp_path, capsys, folder, name, content, problem):
+    """A run folder whose files are not what its writer writes (valid JSON of the wrong shape,
+    a grid without its table or heatmap) is named with what is wrong: exit 1, no traceback;
+    gridsearch.py's results.tex and heatmap.png are the report's table and figure."""
+    runs = fake_project(tmp_path)
+    path = tmp_path / 'runs' / folder / name
+    if content == 'REMOVE':
+        path.unlink()
+    elif content is None:  # valid JSON, one accuracy a string
+        metrics = json.loads(path.read_text())
+        metrics['test_accuracy'][0] = 'high'
+        path.write_text(json.dumps(metrics))
+    else:
+        path.write_text(content)
+    assert make_report.main(['--runs', runs, '--out_dir', str(tmp_path / 'out'), '--no-pdf']) == 1
+    err = capsys.readouterr().err
+    assert f"error: run '{folder}' is missing ({tmp_path / 'runs' / folder}/{problem})" in err
+    assert 'Traceback' not in err
 
 
 def test_missing_run_names_it_and_its_command(tmp_path):
@@ -224,9 +253,9 @@ def test_allow_missing_draws_placeholders(tmp_path):
     out = tmp_path / 'out'
     assert make_report.main(['--runs', str(runs), '--out_dir', str(out), '--no-pdf',
                              '--allow-missing']) == 0
-    for stem in ('curves_gone', 'comparison', 'gridsearch_heatmap'):
-        assert (out / 'figures' / f'{stem}.pdf').exists()
-    assert '| gone | `` | missing |' in (out / 'tables' / 'results.md').read_text()
+    for name in ('curves_gone.png', 'comparison.pdf', 'gridsearch_heatmap.png'):
+        assert (out / 'figures' / name).exists()
+    assert markdown_rows(out / 'tables' / 'results.md')[1][:3] == ['gone', '``', 'missing']
     assert 'Grid search missing' in (out / 'tables' / 'gridsearch.tex').read_text()
 
 
