@@ -20,7 +20,6 @@ The batch files are pickles; they are read with an unpickler that admits only wh
 batch holds (NumPy arrays, lists, strings, numbers), so a tampered file cannot run code.
 """
 import hashlib
-import json
 import os
 import pickle
 import shutil
@@ -123,7 +122,7 @@ def _progress_bar(total):
     return tqdm(total=total, unit='B', unit_scale=True, desc='CIFAR-10', leave=False)
 
 
-def _fetch(url, dest, md5):
+def _fetch(url, dest):
     """Streams url into the open file dest, returning its MD5 hex digest."""
     digest = hashlib.md5()
     with urllib.request.urlopen(url, timeout=60) as response:
@@ -165,7 +164,7 @@ def download_cifar10(data_dir, url=None, md5=None):
         archive = os.path.join(tmp, 'cifar-10-python.tar.gz')
         try:
             with open(archive, 'wb') as f:
-                got = _fetch(url, f, md5)
+                got = _fetch(url, f)
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, 'reason', e)
             raise CIFAR10Error(
@@ -187,19 +186,17 @@ def download_cifar10(data_dir, url=None, md5=None):
             raise CIFAR10Error(f'The archive from {url} lacks {", ".join(missing)} under '
                                f'{ARCHIVE_FOLDER}/.')
         os.replace(extracted, data_dir)
-    except BaseException:
-        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            print('Download interrupted; nothing was kept.', file=sys.stderr)
+    except KeyboardInterrupt:
+        print('Download interrupted; nothing was kept.', file=sys.stderr)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _env_flag(name, default=True):
+def _env_flag(name):
+    """False when the environment variable says 0, false, no or off (or is empty); else True."""
     value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in ('0', 'false', 'no', 'off', '')
+    return value is None or value.strip().lower() not in ('0', 'false', 'no', 'off', '')
 
 
 def ensure_cifar10(data_dir, download=True):
@@ -315,153 +312,50 @@ def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
     return out
 
 
-def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, seed=None,
-                   cache=True):
+def _subtract_mean(batches, validation_size):
+    """uint8 batches (N_i, 3, 32, 32) -> float32 (N, 3, 32, 32), N = sum N_i, minus the mean
+    image of all but the first validation_size images. Returns (images, mean_image)."""
+    # The mean is accumulated in float64 (exact) from the uint8 rows: a pass over 150 MB
+    # instead of over the 600 MB of float32 images.
+    total, start = np.zeros(IMAGE_SHAPE), 0
+    for x in batches:
+        total += x[max(0, validation_size - start):].sum(axis=0, dtype=np.float64)
+        start += len(x)
+    mean_image = (total / (start - validation_size)).astype(np.float32)
+    images = np.empty((start, *IMAGE_SHAPE), np.float32)
+    start = 0
+    for x in batches:
+        # Convert and subtract in one pass, written straight into the final array: no
+        # concatenated uint8 copy, no intermediate float32 copy.
+        np.subtract(x, mean_image, out=images[start:start + len(x)])
+        start += len(x)
+    return images, mean_image
+
+
+def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, seed=None):
     """Loads the splits into DataSets; see get_cifar10."""
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
         raise ValueError(f'validation_size must be an integer, got {validation_size!r}.')
     ensure_cifar10(data_dir, download)
-    use_cache = cache and _env_flag('CIFAR10_CACHE')
-    arrays = _read_cache(data_dir, validation_size) if use_cache else None
-    if arrays is None:
-        arrays = _decode(data_dir, validation_size)
-        if use_cache:
-            _write_cache(data_dir, validation_size, arrays)
-    encode = dense_to_one_hot if one_hot else (lambda y: y)
-    seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
-    return {name: DataSet(arrays[f'{name}_images'], encode(arrays[f'{name}_labels']), seed=s)
-            for name, s in zip(SPLITS, seeds)}
-
-
-SPLITS = ('train', 'validation', 'test')
-
-
-def _decode(data_dir, validation_size):
-    """Reads the batch files and normalises them: {split_images, split_labels} arrays."""
     train = [load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES]
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
     n_train = sum(len(x) for x, _ in train)
     if not 0 <= validation_size < n_train:
         raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
                          f'training set has {n_train} images), got {validation_size!r}.')
-    # The mean of the images left for training, accumulated in float64 from the uint8 rows
-    # (a pass over 150 MB instead of over the 600 MB of float32 images).
-    total, start = np.zeros(IMAGE_SHAPE), 0
-    for x, _ in train:
-        keep = x[max(0, validation_size - start):]
-        total += keep.sum(axis=0, dtype=np.float64)
-        start += len(x)
-    mean_image = (total / (n_train - validation_size)).astype(np.float32)
-    images = np.empty((n_train, *IMAGE_SHAPE), np.float32)
-    start = 0
-    for x, _ in train:
-        # Convert and subtract in one pass, written straight into the final array: no
-        # concatenated uint8 copy, no intermediate float32 copy.
-        np.subtract(x, mean_image, out=images[start:start + len(x)])
-        start += len(x)
+    images, mean_image = _subtract_mean([x for x, _ in train], validation_size)
     labels = np.concatenate([y for _, y in train])
-    return {'train_images': images[validation_size:], 'train_labels': labels[validation_size:],
-            'validation_images': images[:validation_size],
-            'validation_labels': labels[:validation_size],
-            'test_images': np.subtract(test_x, mean_image, dtype=np.float32),
-            'test_labels': test_y}
+    v = validation_size
+    splits = {'train': (images[v:], labels[v:]),
+              'validation': (images[:v], labels[:v]),
+              'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
+    encode = dense_to_one_hot if one_hot else (lambda y: y)
+    seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
+    return {name: DataSet(x, encode(y), seed=s)
+            for (name, (x, y)), s in zip(splits.items(), seeds)}
 
 
-# --------------------------------------------------------------------------- cache
-# Decoding takes a few seconds; the decoded, normalised arrays are cached as .npy files and
-# memory-mapped by later calls. A cache entry is keyed by the source files' paths, sizes and
-# modification times (and validation_size), so it is rebuilt when the data changes.
-
-CACHE_VERSION = 1
-
-
-def cache_root():
-    """$CIFAR10_CACHE_DIR, else $XDG_CACHE_HOME/cifar10_utils, else ~/.cache/cifar10_utils."""
-    return os.environ.get('CIFAR10_CACHE_DIR') or os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'cifar10_utils')
-
-
-def _cache_source(data_dir, validation_size):
-    files = []
-    for name in TRAIN_FILES + TEST_FILES:
-        st = os.stat(os.path.join(data_dir, name))
-        files.append([name, st.st_size, st.st_mtime_ns, st.st_ino])
-    return {'version': CACHE_VERSION, 'data_dir': os.path.realpath(data_dir),
-            'validation_size': int(validation_size), 'files': files}
-
-
-def _cache_path(source):
-    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(cache_root(), digest)
-
-
-def _read_cache(data_dir, validation_size):
-    """The cached arrays, or None when there is no complete entry matching the files."""
-    source = _cache_source(data_dir, validation_size)
-    folder = _cache_path(source)
-    try:
-        with open(os.path.join(folder, 'meta.json')) as f:
-            meta = json.load(f)
-        if meta['source'] != source:
-            return None
-        arrays = {}
-        for key, (shape, dtype) in meta['arrays'].items():
-            # Copy-on-write map: pages load when first touched and the arrays stay writable
-            # without ever changing the cache.
-            a = np.load(os.path.join(folder, f'{key}.npy'), mmap_mode='c', allow_pickle=False)
-            if list(a.shape) != shape or str(a.dtype) != dtype:
-                return None
-            arrays[key] = a.view(np.ndarray)  # a plain array over the same map
-        return arrays
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_cache(data_dir, validation_size, arrays):
-    """Writes the entry into a temporary folder renamed into place when complete; any
-    failure (read-only or full disk) only costs the cache."""
-    source = _cache_source(data_dir, validation_size)
-    folder = _cache_path(source)
-    root = cache_root()
-    tmp = None
-    try:
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix='.tmp-', dir=root)
-        for key, a in arrays.items():
-            np.save(os.path.join(tmp, f'{key}.npy'), a, allow_pickle=False)
-        with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-            json.dump({'source': source, 'arrays': {k: [list(a.shape), str(a.dtype)]
-                                                    for k, a in arrays.items()}}, f)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        tmp = None
-        _prune_cache(root, folder, source)
-    except OSError as e:
-        print(f'warning: could not cache the decoded CIFAR-10 in {root} ({e}); later runs '
-              'will decode it again.', file=sys.stderr)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _prune_cache(root, keep, source):
-    """Removes older entries for the same folder and validation_size (stale versions)."""
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        if path == keep or name.startswith('.tmp-'):
-            continue
-        try:
-            with open(os.path.join(path, 'meta.json')) as f:
-                old = json.load(f)['source']
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if (old.get('data_dir'), old.get('validation_size')) == \
-                (source['data_dir'], source['validation_size']):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None,
-                cache=True):
+def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None):
     """Returns {'train', 'validation', 'test'} DataSets of CIFAR-10.
 
     Args:
@@ -471,8 +365,6 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         validation_size: how many of the first training images form the validation set.
         download: whether a missing dataset may be downloaded.
         seed: seeds the shuffling of next_batch, for reproducible runs.
-        cache: read and write the decoded arrays in cache_root() (CIFAR10_CACHE=0 turns
-            this off).
     Returns:
         dict of DataSet; images float32 (N, 3, 32, 32) with the mean image of the (remaining)
         training set subtracted.
@@ -481,8 +373,7 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         CIFAR10Error: the data cannot be found, downloaded or read.
     """
     return read_data_sets(data_dir or default_data_dir(), one_hot=one_hot,
-                          validation_size=validation_size, download=download, seed=seed,
-                          cache=cache)
+                          validation_size=validation_size, download=download, seed=seed)
 
 
 if __name__ == '__main__':

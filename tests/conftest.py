@@ -53,10 +53,7 @@ def real_cifar():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch, tmp_path):
-    """No test reaches the internet (downloads go to a CIFAR10_URL the test sets) or writes
-    the user's cache (tests of the cache turn it on, in their own folder)."""
+def _isolated_environment(monkeypatch):
+    """No test reaches the internet: downloads go to a CIFAR10_URL the test sets."""
     monkeypatch.setenv('CIFAR10_URL', 'http://127.0.0.1:9/unreachable.tar.gz')
     monkeypatch.delenv('CIFAR10_MD5', raising=False)
-    monkeypatch.setenv('CIFAR10_CACHE', '0')
-    monkeypatch.setenv('CIFAR10_CACHE_DIR', str(tmp_path / 'no-cache'))

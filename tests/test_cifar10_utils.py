@@ -53,6 +53,18 @@ def test_integer_labels_and_validation_split(fake_cifar):
     np.testing.assert_allclose(data['train'].images.mean(axis=0), 0, atol=1e-3)
 
 
+@pytest.mark.parametrize('validation_size', [0, 90])  # 90 spans the first three batches
+def test_normalisation_matches_a_plain_reference(fake_cifar, validation_size):
+    data = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size)
+    raw = np.concatenate([load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0]
+                          for i in range(1, 6)]).astype(np.float64)
+    mean = raw[validation_size:].mean(axis=0)
+    images = np.concatenate([data['validation'].images, data['train'].images])
+    np.testing.assert_allclose(images, raw - mean, atol=1e-4)
+    test_raw, _ = load_batch(os.path.join(fake_cifar, 'test_batch'))
+    np.testing.assert_allclose(data['test'].images, test_raw - mean, atol=1e-4)
+
+
 @pytest.mark.parametrize('bad', [-1, 200, 10**6])
 def test_validation_size_out_of_range(fake_cifar, bad):
     with pytest.raises(ValueError, match='validation_size must be an integer from 0 to 199'):
@@ -128,74 +140,6 @@ def test_bad_batch_size(fake_cifar, size):
     train = get_cifar10(fake_cifar)['train']
     with pytest.raises(ValueError, match='batch_size must be between 1 and the 200'):
         train.next_batch(size)
-
-
-# --------------------------------------------------------------------------- cache
-
-
-@pytest.fixture
-def cache(monkeypatch, tmp_path):
-    folder = tmp_path / 'cache'
-    monkeypatch.setenv('CIFAR10_CACHE', '1')
-    monkeypatch.setenv('CIFAR10_CACHE_DIR', str(folder))
-    return folder
-
-
-def forbid_decoding(monkeypatch):
-    def fail(path):
-        raise AssertionError(f'decoded {path} despite the cache')
-    monkeypatch.setattr(cifar10_utils, 'load_batch', fail)
-
-
-def test_cache_gives_the_same_arrays_without_decoding(fake_cifar, cache, monkeypatch):
-    first = get_cifar10(fake_cifar, one_hot=False, validation_size=20)
-    assert len(os.listdir(cache)) == 1
-    forbid_decoding(monkeypatch)
-    second = get_cifar10(fake_cifar, one_hot=False, validation_size=20)
-    for split in ('train', 'validation', 'test'):
-        np.testing.assert_array_equal(first[split].images, second[split].images)
-        np.testing.assert_array_equal(first[split].labels, second[split].labels)
-    # Writable, and writing does not reach the cache.
-    second['train'].images[0] = 1e6
-    third = get_cifar10(fake_cifar, one_hot=False, validation_size=20)
-    np.testing.assert_array_equal(third['train'].images[0], first['train'].images[0])
-
-
-def test_cache_is_rebuilt_when_the_files_change(fake_cifar, cache, monkeypatch):
-    before = get_cifar10(fake_cifar, one_hot=False)['test'].images
-    path = os.path.join(fake_cifar, 'test_batch')
-    write_batch(path, np.full((3, 3072), 7, np.uint8), [1, 2, 3])
-    after = get_cifar10(fake_cifar, one_hot=False)['test']
-    assert after.num_examples == 3 and len(before) == 40
-    assert os.listdir(cache) and len(os.listdir(cache)) == 1  # the stale entry is gone
-
-
-def test_cache_per_validation_size(fake_cifar, cache):
-    get_cifar10(fake_cifar, validation_size=10)
-    get_cifar10(fake_cifar, validation_size=30)
-    assert len(os.listdir(cache)) == 2
-
-
-def test_corrupt_cache_is_ignored(fake_cifar, cache):
-    get_cifar10(fake_cifar)
-    (entry,) = os.listdir(cache)
-    npy = cache / entry / 'train_images.npy'
-    npy.write_bytes(npy.read_bytes()[:1000])
-    data = get_cifar10(fake_cifar)
-    assert data['train'].images.shape == (200, 3, 32, 32)
-
-
-def test_unwritable_cache_warns_and_goes_on(fake_cifar, cache, capsys):
-    cache.write_text('a file where the cache folder should be')
-    assert get_cifar10(fake_cifar)['train'].num_examples == 200
-    assert 'could not cache the decoded CIFAR-10' in capsys.readouterr().err
-
-
-def test_cache_can_be_switched_off(fake_cifar, cache, monkeypatch):
-    get_cifar10(fake_cifar, cache=False)
-    monkeypatch.setenv('CIFAR10_CACHE', '0')
-    get_cifar10(fake_cifar)
-    assert not cache.exists()
 
 
 # --------------------------------------------------------------------------- bad files
