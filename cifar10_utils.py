@@ -265,6 +265,12 @@ class DataSet:
         return self._num_examples
 
     @property
+    def rng(self):
+        """The Generator behind the batch order; random augmentation draws from it too, so
+        that state_dict() holds all the randomness of a training run."""
+        return self._rng
+
+    @property
     def epochs_completed(self):
         return self._epochs_completed
 
@@ -303,6 +309,24 @@ class DataSet:
         self._index_in_epoch = state['index_in_epoch']
         self._order = np.asarray(state['order'], dtype=np.int64)
         self._rng.bit_generator.state = state['rng']
+
+
+def random_crop_flip(images, rng, padding=4):
+    """Each image cropped at a random offset from itself zero-padded by `padding` pixels, then
+    flipped left-right with probability 1/2; padding=0 gives flips only.
+
+    images: (B, C, H, W) -> a new array of the same shape. rng: numpy Generator. Zero is the
+    mean pixel here (the mean image is subtracted), so the padding adds no false edges.
+    """
+    b, c, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, b))
+    rows = dy[:, None] + np.arange(h)  # (B, H): the padded rows each image takes
+    cols = dx[:, None] + np.arange(w)
+    flip = rng.random(b) < 0.5
+    cols[flip] = cols[flip, ::-1]
+    return padded[np.arange(b)[:, None, None, None], np.arange(c)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):

@@ -20,7 +20,6 @@ import cifar10_utils
 from convnet_pytorch import ConvNet
 from train_utils import (
     Run,
-    augment_batch,
     cli,
     evaluate,
     load_checkpoint,
@@ -190,12 +189,12 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
                       f'--resume {run.path("last.pt")}', file=sys.stderr)
                 raise KeyboardInterrupt
             images, labels = train_set.next_batch(batch_size)
+            if augment:
+                images = cifar10_utils.random_crop_flip(images, train_set.rng)
             # from_numpy shares the batch's memory: the only copy is the one to the device.
             x = torch.from_numpy(images).to(dev, non_blocking=True)
-            y = torch.from_numpy(labels).to(dev, non_blocking=True)
-            if augment:
-                x = augment_batch(x)
             x = x.contiguous(memory_format=layout)
+            y = torch.from_numpy(labels).to(dev, non_blocking=True)
             loss = train_step(model, opt, x, y, amp_dtype, scaler)
             if schedule is not None:
                 schedule.step()

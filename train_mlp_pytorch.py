@@ -14,7 +14,6 @@ import cifar10_utils
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
 from train_utils import (
     Run,
-    augment_batch,
     cli,
     evaluate,
     hidden_units,
@@ -110,9 +109,9 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
             if run.stop_requested:
                 raise KeyboardInterrupt  # Ctrl-C, answered between two steps
             x, y = train_set.next_batch(batch_size)
-            x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
             if augment:
-                x = augment_batch(x, augment_padding)
+                x = cifar10_utils.random_crop_flip(x, train_set.rng, augment_padding)
+            x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
             run.log_step(step, train_step(model, opt, x, y))
             if schedule is not None:
                 schedule.step()

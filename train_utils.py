@@ -251,26 +251,6 @@ def evaluate(model, images, labels, device, batch_size=1000, autocast_dtype=None
     return total_loss / len(images), correct / len(images)
 
 
-def augment_batch(x, padding=4, generator=None):
-    """Random crop (after zero padding) and random horizontal flip of each image.
-
-    x: tensor (B, C, H, W) -> tensor of the same shape. Zero is the mean pixel here (the mean
-    image is subtracted), so the padding adds no artificial edges. One gather builds all crops
-    and flips at once.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(x.device)
-    rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (off[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    return padded[torch.arange(b, device=x.device)[:, None, None, None],
-                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-
 def save_checkpoint(path, state):
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
     import torch

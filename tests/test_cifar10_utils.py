@@ -341,3 +341,22 @@ def test_real_data(real_cifar):
     assert data['train'].images.shape == (50000, 3, 32, 32)
     assert data['test'].images.shape == (10000, 3, 32, 32)
     assert np.bincount(data['test'].labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize('padding', [0, 2])
+def test_random_crop_flip(padding):
+    x = np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    out = cifar10_utils.random_crop_flip(x, np.random.default_rng(0), padding)
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    found = set()
+    for i in range(64):
+        matches = [(dy, dx, flip) for dy in range(2 * padding + 1)
+                   for dx in range(2 * padding + 1) for flip in (0, 1)
+                   if np.array_equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8][
+                       ..., ::-1 if flip else 1])]
+        assert matches, f'image {i} is not a crop of its padded input'
+        found.update(matches)
+    assert {m[2] for m in found} == {0, 1}  # both flipped and kept images
+    offsets = {m[:2] for m in found}
+    assert len(offsets) > 10 if padding else offsets == {(0, 0)}
+    assert out.shape == x.shape and out.dtype == x.dtype
