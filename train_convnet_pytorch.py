@@ -21,12 +21,9 @@ from convnet_pytorch import ConvNet
 from train_utils import (
     Run,
     cli,
-    evaluate,
-    load_checkpoint,
     make_parser,
     non_negative_float,
     parse_with_preset,
-    save_checkpoint,
     select_device,
 )
 
@@ -91,9 +88,41 @@ def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None):
     return loss.detach()
 
 
+def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None):
+    """Mean loss and accuracy over a whole split, in eval mode (batch norm on its running
+    statistics), batch_size images at a time to bound memory.
+
+    images: float32 array (N, 3, 32, 32); labels: int64 array (N,).
+    """
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
+                                                enabled=amp_dtype is not None):
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size]).to(device)
+            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            logits = model(x).float()
+            total_loss += F.cross_entropy(logits, y, reduction='sum').item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+    model.train()
+    return total_loss / len(images), correct / len(images)
+
+
+def save_checkpoint(path, state):
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    torch.save(state, f'{path}.tmp')
+    os.replace(f'{path}.tmp', path)
+
+
 def read_checkpoint(path):
-    """A checkpoint this script wrote (loaded with weights_only); ValueError when it is not."""
-    state = load_checkpoint(path)
+    """A checkpoint this script wrote, loaded with weights_only=True (tensors and plain
+    values, never code); ValueError with one sentence when it is not one."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f'checkpoint {path} does not exist.') from None
+    except Exception as e:  # torch's own messages run over many lines
+        raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
     if not (isinstance(state, dict) and {'model', 'optimizer', 'step', 'flags'} <= set(state)):
         raise ValueError(f'{path} is not a checkpoint of train_convnet_pytorch.py.')
     return state
@@ -201,7 +230,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             run.log_step(step, loss)
             if step % eval_freq == 0 or step == max_steps:
                 run.log_eval(step, *evaluate(model, test_set.images, test_set.labels, dev,
-                                             autocast_dtype=amp_dtype))
+                                             amp_dtype=amp_dtype))
                 checkpoint('last.pt', step)
                 if run.metrics['test_accuracy'][-1] == run.metrics['best_test_accuracy']:
                     checkpoint('best.pt', step)

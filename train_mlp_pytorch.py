@@ -15,7 +15,6 @@ from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
 from train_utils import (
     Run,
     cli,
-    evaluate,
     hidden_units,
     make_parser,
     non_negative_float,
@@ -72,6 +71,25 @@ def train_step(model, optimizer, x, y):
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def evaluate(model, images, labels, device, batch_size=1000):
+    """Mean loss and accuracy over a whole split, in eval mode (dropout off, batch norm on its
+    running statistics), batch_size images at a time to bound memory.
+
+    images: float32 array (N, 3, 32, 32); labels: int64 array (N,).
+    """
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size]).to(device)
+            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction='sum').item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+    model.train()
+    return total_loss / len(images), correct / len(images)
 
 
 def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,

@@ -1,5 +1,5 @@
 """Chores the train scripts share, none of them the lesson: flags, device choice, the run
-folder (metrics.json, curves.png), the progress bar, clean exits and checkpoint files."""
+folder (metrics.json, curves.png), the progress bar and clean exits."""
 import argparse
 import json
 import math
@@ -68,9 +68,8 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '
                    '(default: a new folder under runs/)')
     if presets:
-        p.add_argument('--preset', choices=tuple(presets), help='a tuned set of flags, '
-                       'overridden by flags given explicitly: ' + '; '.join(
-                           f'{k}: {" ".join(flags_to_argv(v))}' for k, v in presets.items()))
+        p.add_argument('--preset', choices=tuple(presets),
+                       help='a tuned set of flags (see README); flags given explicitly win')
     return p
 
 
@@ -85,30 +84,29 @@ def parse_with_preset(parser, argv, presets):
 def flags_to_argv(flags):
     """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
     line that reproduces a run (None and False flags are left out)."""
-    argv = []
-    for name, value in flags.items():
-        if value is not None and value is not False:
-            argv.append(f'--{name}')
-            if value is not True:
-                argv.append(','.join(map(str, value)) if isinstance(value, list) else str(value))
-    return argv
+    return [arg for k, v in flags.items() if v is not None and v is not False
+            for arg in ([f'--{k}'] if v is True else
+                        [f'--{k}', ','.join(map(str, v)) if isinstance(v, list) else str(v)])]
 
 
 def select_device(name='auto'):
     """'auto': CUDA when there is a GPU, else the CPU; 'cuda' without one: a warning, the CPU."""
     import torch
-    if name == 'cuda' and not torch.cuda.is_available():
-        print('warning: no CUDA GPU is available; using the CPU.', file=sys.stderr)
-        name = 'cpu'
-    return torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto'
-                        else name)
+    if name != 'cpu' and not torch.cuda.is_available():
+        if name == 'cuda':
+            print('warning: no CUDA GPU is available; using the CPU.', file=sys.stderr)
+        return torch.device('cpu')
+    return torch.device('cuda' if name == 'auto' else name)
 
 
 class Run:
-    """A training run's folder, metrics and progress bar, used as ``with Run(...) as run:``
-    around the loop. Inside, Ctrl-C does not cut a step in half: it sets stop_requested, which
-    the loop reads before each step (a second Ctrl-C stops at once). Leaving the block saves
-    metrics.json and curves.png with the status 'completed', 'interrupted' or 'diverged'."""
+    """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
+
+    Inside, Ctrl-C sets stop_requested, which the loop reads between steps (a second Ctrl-C
+    stops at once). Leaving saves metrics.json and curves.png: 'completed', 'interrupted' or
+    'diverged'. metrics.json also holds the flags, the command that reproduces the run, per
+    step the training loss, per evaluation the test loss and accuracy, and the wall time.
+    """
 
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1):
         name = os.path.basename(script)
@@ -118,15 +116,14 @@ class Run:
             while os.path.exists(out_dir):
                 n, out_dir = n + 1, f'{base}-{n + 1}'
         self.out_dir, self.started, self.stop_requested = out_dir, time.perf_counter(), False
-        versions = {'python': platform.python_version(), 'numpy': np.__version__}
-        if 'torch' in sys.modules:  # a plain str: weights_only loading refuses TorchVersion
-            versions['torch'] = str(sys.modules['torch'].__version__)
+        versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
+                    if m in sys.modules}  # str: weights_only loading refuses TorchVersion
         self.metrics = dict(
             script=name, out_dir=out_dir, command=['python', name, *flags_to_argv(flags)],
             flags=flags, status='running', steps=[], train_loss=[], eval_steps=[],
             test_loss=[], test_accuracy=[], final_test_accuracy=None, best_test_accuracy=None,
             wall_seconds=None, started=datetime.now().isoformat(timespec='seconds'),
-            versions=versions)
+            versions={'python': platform.python_version(), **versions})
         # The bar appears with the first step: a run that fails to start shows only its error.
         self.bar = None
         self._bar_args = dict(total=max_steps, initial=start_step - 1, desc=name[:-3])
@@ -143,8 +140,8 @@ class Run:
                             **self._bar_args)
         self.bar.update(1)
         if not math.isfinite(loss):
-            raise FloatingPointError(f'The training loss became {float(loss)} at step {step}: the '
-                                   'run diverged; lower --learning_rate.')
+            raise FloatingPointError(f'The training loss became {float(loss)} at step {step}: '
+                                     'the run diverged; lower --learning_rate.')
 
     def log_eval(self, step, loss, accuracy):
         """Records and prints an evaluation, then saves metrics.json."""
@@ -198,7 +195,8 @@ def write_json(path, obj):
 
 
 def plot_curves(metrics, path):
-    """A run's loss and accuracy curves: drawn here only, for run folders and the report."""
+    """A run's loss and accuracy curves as a PNG: drawn here only, for run folders and the
+    report alike, without dates or versions in the file (an unchanged run redraws the same)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -220,53 +218,9 @@ def plot_curves(metrics, path):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f'{path}.tmp{os.path.splitext(path)[1]}'
-    # No dates or versions in the file: an unchanged run redraws to the same bytes.
-    fig.savefig(tmp, dpi=120, metadata={'Software': None} if path.endswith('.png')
-                else {'CreationDate': None, 'Producer': None})
+    fig.savefig(f'{path}.tmp.png', dpi=120, metadata={'Software': None})
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def evaluate(model, images, labels, device, batch_size=1000, autocast_dtype=None):
-    """Mean cross-entropy and accuracy of a logits model over a whole split, in eval mode
-    (dropout off, batch norm on running statistics), batch_size images at a time.
-
-    images: float32 array (N, 3, 32, 32); labels: int64 array (N,).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    was_training, total_loss, correct = model.training, 0.0, 0
-    model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
-                                                enabled=autocast_dtype is not None):
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start:start + batch_size]).to(device)
-            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            logits = model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction='sum').item()
-            correct += (logits.argmax(dim=1) == y).sum().item()
-    model.train(was_training)
-    return total_loss / len(images), correct / len(images)
-
-
-def save_checkpoint(path, state):
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    import torch
-    torch.save(state, f'{path}.tmp')
-    os.replace(f'{path}.tmp', path)
-
-
-def load_checkpoint(path):
-    """torch.load with weights_only=True: tensors and plain values, never code."""
-    import torch
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f'checkpoint {path} does not exist.') from None
-    except Exception as e:  # torch's own messages run over many lines
-        raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
+    os.replace(f'{path}.tmp.png', path)
 
 
 def cli(train, args):

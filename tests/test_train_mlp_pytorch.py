@@ -16,7 +16,6 @@ import train_mlp_pytorch
 from custom_batchnorm import CustomBatchNormAutograd, CustomBatchNormManualModule
 from mlp_pytorch import MLP
 from modules import CrossEntropyModule
-from train_utils import evaluate
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -91,8 +90,8 @@ def test_evaluation_uses_eval_mode():
     images = np.random.default_rng(0).standard_normal((50, 12)).astype(np.float32)
     labels = np.zeros(50, dtype=np.int64)
     model.train()
-    a = evaluate(model, images, labels, torch.device('cpu'), batch_size=7)
-    b = evaluate(model, images, labels, torch.device('cpu'), batch_size=50)
+    a = train_mlp_pytorch.evaluate(model, images, labels, torch.device('cpu'), batch_size=7)
+    b = train_mlp_pytorch.evaluate(model, images, labels, torch.device('cpu'), batch_size=50)
     assert model.training  # restored
     assert a == pytest.approx(b, abs=1e-6)  # no dropout noise, no batch statistics
     assert torch.all(model.layers[1].running_mean == 0)  # running statistics untouched
