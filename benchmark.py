@@ -1,11 +1,9 @@
-"""Speed of the training code, side by side in one process: the NumPy MLP's step against the
-PyTorch MLP's and against NumPy's matmul rate, the ConvNet's training and evaluation throughput,
-loading CIFAR-10, and a whole default NumPy run. Times are torch.utils.benchmark medians, of
-variants measured in alternating rounds so that a busy machine slows them alike. The one script
-that imports the train scripts: it times their own step functions.
+"""Speed of the training code, side by side in one process: NumPy MLP steps against PyTorch's
+and against NumPy's matmul rate, loading CIFAR-10, a whole default NumPy run, ConvNet evaluation
+against training. Times are torch.utils.benchmark medians of the train scripts' own step
+functions, in alternating rounds so that a busy machine slows all alike.
 
-    python benchmark.py [--out report/benchmark.json]   # the table; the numbers as JSON too
-    python benchmark.py --quick                         # a small pass of everything
+    python benchmark.py [--quick] [--out report/benchmark.json]   # the table (and its JSON)
 """
 import argparse
 import contextlib
@@ -15,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,19 +27,18 @@ import train_mlp_numpy
 import train_mlp_pytorch
 from convnet_pytorch import ConvNet
 from modules import CrossEntropyModule
-from train_utils import evaluate, select_device, write_json
+from train_utils import select_device, write_json
 
 N_INPUTS, N_CLASSES = 3072, 10
+# [0]: a default train_mlp_numpy.py run's network and batch; [1]: set against NumPy's matmul.
 MLP_CONFIGS = (([100], 200), ([1000, 1000], 512), ([500] * 4, 400))
-RATE_CONFIG = ([1000, 1000], 512)  # the NumPy step whose GFLOP/s is set against the matmul's
 
 
 def compare(fns, rounds, min_run_time):
     """Median seconds per call of each fn() of fns {name: fn}: Timer.blocked_autorange (which
     warms up first) in `rounds` rounds that run the fns in turn, reversed every other round."""
-    timers = {name: Timer('fn()', globals={'fn': fn}, description=name,
-                          num_threads=torch.get_num_threads())  # Timer's default is 1 thread
-              for name, fn in fns.items()}
+    threads = torch.get_num_threads()  # Timer's default is 1 thread
+    timers = {n: Timer('fn()', globals={'fn': fn}, num_threads=threads) for n, fn in fns.items()}
     runs = {name: [] for name in fns}
     for r in range(rounds):
         for name in list(fns)[::-1] if r % 2 else fns:
@@ -56,45 +54,32 @@ def mlp_step_flops(hidden, batch):
     return 2 * sum(matmuls) + sum(matmuls[1:])
 
 
-def mlp_steps(hidden, x, labels):
-    """The two MLPs' steps (float32, SGD, CPU) on x float32 (B, 3072), labels int64 (B,)."""
-    lr, rng = train_mlp_numpy.LEARNING_RATE_DEFAULT, np.random.default_rng(0)
-    np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng)
-    loss_module, one_hot = CrossEntropyModule(), cifar10_utils.dense_to_one_hot(labels)
-    torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES)
-    opt = train_mlp_pytorch.make_optimizer('sgd', torch_model.parameters(), lr)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
-    return {'numpy': lambda: train_mlp_numpy.train_step(np_model, loss_module, x, one_hot, lr),
-            'torch': lambda: train_mlp_pytorch.train_step(torch_model, opt, xt, yt)}
-
-
-def num(v):
-    return f'{v:.0f}' if v >= 99.95 else f'{v:#.3g}'  # 3 significant digits
-
-
 def row(measurement, value, reference, unit, target):
-    """Prints a line of the table at once (value / reference = ratio, the ratio's target) and
-    returns it as a record for the JSON."""
-    text = f'{num(value)} / {num(reference)} {unit} = {value / reference:.2f}'
-    print(f'| {measurement:<80} | {text:<28} | {target:<12} |', flush=True)
+    """Prints a line of the table at once and returns it as a record for the JSON."""
+    a, b = (f'{v:.0f}' if v >= 99.95 else f'{v:#.3g}' for v in (value, reference))  # 3 digits
+    print(f'| {measurement:<80} | {f"{a} / {b} {unit} = {value / reference:.2f}":<28} '
+          f'| {target:<12} |', flush=True)
     return {'measurement': measurement, 'value': value, 'reference': reference, 'unit': unit,
             'ratio': value / reference, 'target': target}
 
 
 def bench_mlp(quick):
-    """NumPy against PyTorch MLP steps on one batch, and the NumPy step's GFLOP/s against
-    NumPy's float32 matmul rate, measured in the same rounds (under the same load)."""
-    rounds, min_run_time = (2, 0.05) if quick else (7, 0.5)
-    rng = np.random.default_rng(0)
+    """NumPy against PyTorch MLP steps (float32, SGD, CPU) on one batch, and the NumPy step's
+    GFLOP/s against NumPy's float32 matmul rate, measured in the same rounds (the same load)."""
+    lr, rng, rows = train_mlp_numpy.LEARNING_RATE_DEFAULT, np.random.default_rng(0), []
     x = rng.normal(0, 60, (512, N_INPUTS)).astype(np.float32)
     labels = rng.integers(0, N_CLASSES, 512)
     a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
-    out, rows = np.empty_like(a), []
-    for hidden, batch in MLP_CONFIGS:
-        fns = mlp_steps(hidden, x[:batch], labels[:batch])
-        if (hidden, batch) == RATE_CONFIG:
-            fns['matmul'] = lambda: np.matmul(a, b, out=out)
-        sec = compare(fns, rounds, min_run_time)
+    for i, (hidden, batch) in enumerate(MLP_CONFIGS):
+        np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng)
+        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES)
+        opt = train_mlp_pytorch.make_optimizer('sgd', torch_model.parameters(), lr)
+        fns = {'numpy': partial(train_mlp_numpy.train_step, np_model, CrossEntropyModule(),
+                                x[:batch], cifar10_utils.dense_to_one_hot(labels[:batch]), lr),
+               'torch': partial(train_mlp_pytorch.train_step, torch_model, opt,
+                                torch.from_numpy(x[:batch]), torch.from_numpy(labels[:batch])),
+               **({'matmul': partial(np.matmul, a, b, out=np.empty_like(a))} if i == 1 else {})}
+        sec = compare(fns, *((2, 0.05) if quick else (7, 0.5)))
         name = f'[{hidden[0]}] x {len(hidden)}' if len(hidden) > 2 else hidden
         rows.append(row(f'NumPy / PyTorch step, {name} at batch {batch}', sec['numpy'] * 1e3,
                         sec['torch'] * 1e3, 'ms', '<= 1.0'))
@@ -106,39 +91,24 @@ def bench_mlp(quick):
 
 
 def bench_convnet(quick, device):
-    """train_step on a batch made beforehand (bare) and in the script's loop (next batch, copy
-    to the device, float(loss)), and evaluate; random images: pixels do not change the speed."""
+    """The ConvNet's evaluate against its train_step, in images/s, on random images."""
     dev = select_device(device)
     n_eval = {(True, 'cpu'): 500, (False, 'cpu'): 2000}.get((quick, dev.type), 10000)
-    rounds, min_run_time = (1, 0.1) if quick else (5, 2.0)
     batch, lr = convnet_script.BATCH_SIZE_DEFAULT, convnet_script.LEARNING_RATE_DEFAULT
-    rng = np.random.default_rng(0)
-    images = rng.normal(0, 60, (max(n_eval, 4096), 3, 32, 32)).astype(np.float32)
-    labels = rng.integers(0, N_CLASSES, len(images))
-    train_set = cifar10_utils.DataSet(images, labels, seed=0)
-    x, y = torch.from_numpy(images[:batch]).to(dev), torch.from_numpy(labels[:batch]).to(dev)
-    models = [ConvNet(3, N_CLASSES).to(dev) for _ in range(2)]
-    opts = [convnet_script.make_optimizer('ADAM', m.parameters(), lr) for m in models]
-
-    def loop_step():
-        xb, yb = (torch.from_numpy(a).to(dev, non_blocking=True)
-                  for a in train_set.next_batch(batch))
-        float(convnet_script.train_step(models[1], opts[1], xb, yb))
-
-    sec = compare({'bare': lambda: convnet_script.train_step(models[0], opts[0], x, y),
-                   'loop': loop_step,
-                   'eval': lambda: evaluate(models[0], images[:n_eval], labels[:n_eval], dev)},
-                  rounds, min_run_time)
-    return [row(f'ConvNet training loop / bare loop, batch {batch}, {dev.type}',
-                batch / sec['loop'], batch / sec['bare'], 'images/s', '>= 0.9'),
-            row(f'ConvNet evaluation / training throughput, {dev.type}',
-                n_eval / sec['eval'], batch / sec['bare'], 'images/s', '>= 2.5')]
+    rng, model = np.random.default_rng(0), ConvNet(3, N_CLASSES).to(dev)
+    images = rng.normal(0, 60, (n_eval, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, N_CLASSES, n_eval)
+    x, y = (torch.from_numpy(a[:batch]).to(dev) for a in (images, labels))
+    opt = convnet_script.make_optimizer('ADAM', model.parameters(), lr)
+    sec = compare({'train': partial(convnet_script.train_step, model, opt, x, y),
+                   'eval': partial(convnet_script.evaluate, model, images, labels, dev)},
+                  *((1, 0.1) if quick else (5, 2.0)))
+    return [row(f'ConvNet evaluation / training throughput, {dev.type}',
+                n_eval / sec['eval'], batch / sec['train'], 'images/s', '>= 2.5')]
 
 
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
-LOAD = """import pickle, sys, time
-import numpy as np
-import cifar10_utils as cu
+LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
 start = time.perf_counter()
 if sys.argv[1] == 'floor':  # read the six pickles and convert them to float32, nothing more
     for name in cu.TRAIN_FILES + cu.TEST_FILES:
@@ -153,8 +123,8 @@ def run_python(*args):
     """(seconds from start to exit, stdout) of `python *args` in the project folder."""
     start = time.perf_counter()
     out = subprocess.run([sys.executable, *args], cwd=os.path.dirname(os.path.abspath(__file__)),
-                         capture_output=True, text=True, check=True)
-    return time.perf_counter() - start, out.stdout
+                         capture_output=True, text=True, check=True).stdout
+    return time.perf_counter() - start, out
 
 
 def bench_loading(quick, step_seconds):
@@ -164,30 +134,17 @@ def bench_loading(quick, step_seconds):
     if not os.path.isfile(os.path.join(folder, 'test_batch')):
         print(f'loading: skipped, no CIFAR-10 in {folder} (set CIFAR10_DIR)', file=sys.stderr)
         return []
-    steps, times = (20 if quick else train_mlp_numpy.MAX_STEPS_DEFAULT), []
-    for _ in range(1 if quick else 3):
-        with tempfile.TemporaryDirectory() as tmp:
-            times.append([float(run_python('-c', LOAD, kind, folder)[1])
-                          for kind in ('floor', 'get_cifar10')])
-            times[-1].append(run_python('train_mlp_numpy.py', '--data_dir', folder,
-                                        '--max_steps', str(steps), '--out_dir', tmp)[0])
+    steps, run = (20, '20-step') if quick else (train_mlp_numpy.MAX_STEPS_DEFAULT, 'default')
+    with tempfile.TemporaryDirectory() as tmp:
+        times = [[float(run_python('-c', LOAD, kind, folder)[1]) for kind in ('floor', 'load')]
+                 + [run_python('train_mlp_numpy.py', '--data_dir', folder, '--max_steps',
+                               str(steps), '--out_dir', os.path.join(tmp, str(i)))[0]]
+                 for i in range(1 if quick else 3)]
     floor, load, wall = np.median(times, axis=0).tolist()
-    run = 'default' if steps == train_mlp_numpy.MAX_STEPS_DEFAULT else f'{steps}-step'
     return [row('`get_cifar10` (decode + normalise) / floor (read 6 pickles + float32)',
                 load, floor, 's', '-'),
             row(f'{run} `train_mlp_numpy.py`, process start to exit / its training compute',
                 wall, steps * step_seconds, 's', '<= 3, < 10 s')]
-
-
-def machine():
-    cpu = None
-    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
-        cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), None)
-    return {'platform': platform.platform(), 'cpu': cpu or platform.processor() or None,
-            'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
-            'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            'python': platform.python_version(), 'numpy': np.__version__,
-            'torch': str(torch.__version__)}
 
 
 def main(argv=None):
@@ -196,18 +153,21 @@ def main(argv=None):
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help="the ConvNet's (auto: CUDA when available); the MLPs run on the CPU")
     p.add_argument('--out', help='also write the rows and the machine as JSON to this file')
-    args = p.parse_args(argv)
-
-    results = {'quick': args.quick, 'machine': machine(),
-               'started': time.strftime('%Y-%m-%dT%H:%M:%S')}
+    args, started, cpu = p.parse_args(argv), time.strftime('%Y-%m-%dT%H:%M:%S'), None
     print(f'| {"measurement":<80} | {"value":<28} | {"target":<12} |\n'
           f'|{"-" * 82}|{"-" * 30}|{"-" * 14}|', flush=True)
     rows = bench_mlp(args.quick)
-    # MLP_CONFIGS[0] is the network and batch of a default train_mlp_numpy.py run.
-    rows += bench_loading(args.quick, rows[0]['value'] / 1e3)
-    results['rows'] = rows + bench_convnet(args.quick, args.device)
+    rows += bench_loading(args.quick, rows[0]['value'] / 1e3)  # rows[0]: MLP_CONFIGS[0]
+    rows += bench_convnet(args.quick, args.device)
+    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
+        cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), None)
     if args.out:
-        write_json(args.out, results)
+        write_json(args.out, {'quick': args.quick, 'started': started, 'rows': rows, 'machine': {
+            'platform': platform.platform(), 'cpu': cpu or platform.processor() or None,
+            'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+            'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            'python': platform.python_version(), 'numpy': np.__version__,
+            'torch': str(torch.__version__)}})
     return 0
 
 

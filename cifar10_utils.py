@@ -1,23 +1,16 @@
-"""CIFAR-10: download (verified), load, normalise and batch.
-
-The course interface is kept::
+"""CIFAR-10: download (verified), load, normalise and batch, with the course's interface::
 
     cifar10 = get_cifar10('cifar10/cifar-10-batches-py')
     x, y = cifar10['train'].next_batch(200)   # x: float32 (200, 3, 32, 32), y: float32 (200, 10)
 
 Images keep the course's pixel scale (0..255) with the training set's mean image subtracted.
-
-Where the data comes from, in order:
-
-1. ``data_dir`` (default ``cifar10/cifar-10-batches-py``, or ``$CIFAR10_DIR`` when it is set),
-   the folder holding ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
-2. otherwise the official archive is downloaded (``$CIFAR10_URL`` overrides the address,
-   ``$CIFAR10_MD5`` its checksum, for a mirror), verified against its MD5, extracted with
-   tarfile's ``data`` filter into a temporary folder beside ``data_dir`` and moved into place
-   only when complete. ``download=False`` or ``CIFAR10_DOWNLOAD=0`` switches this off.
-
-The batch files are pickles; they are read with an unpickler that admits only what a CIFAR-10
-batch holds (NumPy arrays, lists, strings, numbers), so a tampered file cannot run code.
+They are read from ``data_dir`` (default ``$CIFAR10_DIR``, else ``cifar10/cifar-10-batches-py``),
+the folder of ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``. When it is missing, the
+official archive is downloaded (``$CIFAR10_URL`` and ``$CIFAR10_MD5`` name a mirror), verified
+against its MD5, extracted with tarfile's ``data`` filter into a temporary folder beside
+``data_dir`` and moved into place only when complete; ``download=False`` or
+``CIFAR10_DOWNLOAD=0`` switches this off. The batch pickles are read by an unpickler that admits
+only what a batch holds (NumPy arrays, lists, strings, numbers): a tampered file cannot run code.
 """
 import hashlib
 import os
@@ -30,6 +23,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+from tqdm import tqdm
 
 CIFAR10_FOLDER = 'cifar10/cifar-10-batches-py'
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
@@ -51,11 +45,8 @@ class CIFAR10Error(RuntimeError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a CIFAR-10 batch file needs.
-
-    The official files are Python 2 pickles of dicts holding a uint8 ndarray, lists of ints and
-    byte strings; NumPy arrays rebuild through the callables listed here and nothing else.
-    """
+    """Resolves only the globals that rebuild the NumPy arrays of a batch file (a Python 2
+    pickle of a dict of a uint8 ndarray, lists of ints and byte strings)."""
 
     ALLOWED = {
         ('numpy._core.multiarray', '_reconstruct'),
@@ -75,26 +66,19 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def load_batch(path):
-    """Reads one CIFAR-10 batch file.
+    """One batch file -> data uint8 (N, 3, 32, 32) in R, G, B planes, labels int64 (N,) in 0..9.
 
-    Returns:
-        data: uint8 array of shape (N, 3, 32, 32), channels R, G, B.
-        labels: int64 array of shape (N,), values in 0..9.
-    Raises:
-        CIFAR10Error naming the file when it is missing, unsafe, truncated or malformed.
+    Raises CIFAR10Error naming the file when it is missing, unsafe, truncated or malformed.
     """
     try:
         with open(path, 'rb') as f:
             batch = _BatchUnpickler(f, encoding='latin1').load()
     except FileNotFoundError:
         raise CIFAR10Error(f'{path} is missing.') from None
-    except pickle.UnpicklingError as e:
-        if 'refusing' in str(e):
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a damaged stream
+        if isinstance(e, pickle.UnpicklingError) and str(e).startswith('refusing'):
             raise CIFAR10Error(f'{path} is not a CIFAR-10 batch file: it asks to load code '
                                f'({e}). Delete it and download the data again.') from None
-        raise CIFAR10Error(f'{path} is truncated or corrupt ({e}). '
-                           'Delete it and download the data again.') from None
-    except Exception as e:  # EOFError, ValueError, ... from a damaged stream
         raise CIFAR10Error(f'{path} is truncated or corrupt ({type(e).__name__}: {e}). '
                            'Delete it and download the data again.') from None
     try:
@@ -114,44 +98,11 @@ def load_batch(path):
 # --------------------------------------------------------------------------- download
 
 
-def _progress_bar(total):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # a progress bar is a comfort, not a requirement
-        return None
-    return tqdm(total=total, unit='B', unit_scale=True, desc='CIFAR-10', leave=False)
-
-
-def _fetch(url, dest):
-    """Streams url into the open file dest, returning its MD5 hex digest."""
-    digest = hashlib.md5()
-    with urllib.request.urlopen(url, timeout=60) as response:
-        size = response.headers.get('Content-Length')
-        total = int(size) if size and size.isdigit() else None
-        bar = _progress_bar(total)
-        received = 0
-        try:
-            while chunk := response.read(1 << 20):
-                dest.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
-    if total is not None and received != total:
-        raise CIFAR10Error(f'The download from {url} stopped after {received} of {total} '
-                           'bytes; nothing was kept. Try again.')
-    return digest.hexdigest()
-
-
 def download_cifar10(data_dir, url=None, md5=None):
     """Downloads, verifies and extracts the archive so that data_dir holds the batch files.
 
-    Everything is written inside a temporary folder beside data_dir, which is renamed to
-    data_dir only once the archive is verified and fully extracted: an interrupted or corrupt
-    download leaves nothing behind.
+    All is written in a temporary folder beside data_dir, renamed to data_dir only once the
+    archive is verified and extracted: an interrupted or corrupt download leaves nothing behind.
     """
     url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
     md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
@@ -160,18 +111,28 @@ def download_cifar10(data_dir, url=None, md5=None):
     os.makedirs(parent, exist_ok=True)
     print(f'Downloading CIFAR-10 from {url} to {data_dir}', file=sys.stderr)
     tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)
+    archive, digest = os.path.join(tmp, 'cifar-10-python.tar.gz'), hashlib.md5()
     try:
-        archive = os.path.join(tmp, 'cifar-10-python.tar.gz')
         try:
-            with open(archive, 'wb') as f:
-                got = _fetch(url, f)
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, 'wb') as f:
+                size = response.headers.get('Content-Length')
+                total = int(size) if size and size.isdigit() else None
+                with tqdm(total=total, unit='B', unit_scale=True, desc='CIFAR-10',
+                          leave=False) as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
         except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, 'reason', e)
             raise CIFAR10Error(
-                f'Could not download CIFAR-10 from {url} ({reason}). Without network access, '
-                f'place the batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
-                f'in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.') from None
-        if got != md5:
+                f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
+                'network access, place the batch files of cifar-10-python.tar.gz (data_batch_1..5,'
+                f' test_batch) in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.'
+            ) from None
+        if total is not None and bar.n != total:
+            raise CIFAR10Error(f'The download from {url} stopped after {bar.n} of {total} '
+                               'bytes; nothing was kept. Try again.')
+        if (got := digest.hexdigest()) != md5:
             raise CIFAR10Error(f'The archive from {url} has MD5 {got}, expected {md5}: it is '
                                'corrupt or not CIFAR-10, and was deleted. Try again.')
         try:
@@ -193,12 +154,6 @@ def download_cifar10(data_dir, url=None, md5=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _env_flag(name):
-    """False when the environment variable says 0, false, no or off (or is empty); else True."""
-    value = os.environ.get(name)
-    return value is None or value.strip().lower() not in ('0', 'false', 'no', 'off', '')
-
-
 def ensure_cifar10(data_dir, download=True):
     """Returns data_dir once it holds the batch files, downloading them when allowed."""
     names = TRAIN_FILES + TEST_FILES
@@ -212,7 +167,8 @@ def ensure_cifar10(data_dir, download=True):
         raise CIFAR10Error(f'{data_dir} exists but holds no CIFAR-10 batch files. Point '
                            '--data_dir or CIFAR10_DIR at the folder with data_batch_1..5 '
                            'and test_batch.')
-    if not (download and _env_flag('CIFAR10_DOWNLOAD')):
+    switch = os.environ.get('CIFAR10_DOWNLOAD', '1').strip().lower()
+    if not download or switch in ('0', 'false', 'no', 'off', ''):
         raise CIFAR10Error(f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
                            'batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
                            'there, or point CIFAR10_DIR or --data_dir at them.')
@@ -233,82 +189,59 @@ def default_data_dir():
 class DataSet:
     """Images and labels of one split, served in shuffled mini-batches.
 
-    Attributes:
+    Attributes (to read; next_batch and load_state_dict move them on):
         images: float32 array of shape (N, 3, 32, 32).
         labels: float32 one-hot array of shape (N, 10), or int64 array of shape (N,).
         num_examples: N.
         epochs_completed: how many full passes next_batch has finished.
+        rng: the Generator behind the batch order; random augmentation draws from it too, so
+            that state_dict() holds all the randomness of a training run.
     """
 
     def __init__(self, images, labels, seed=None):
         if len(images) != len(labels):
             raise ValueError(f'{len(images)} images but {len(labels)} labels.')
-        self._images = images
-        self._labels = labels
-        self._num_examples = len(images)
-        self._epochs_completed = 0
-        self._index_in_epoch = 0
-        self._rng = np.random.default_rng(seed)
+        self.images, self.labels, self.num_examples = images, labels, len(images)
+        self.epochs_completed = self._index_in_epoch = 0
+        self.rng = np.random.default_rng(seed)
         # Every epoch is shuffled, the first too: a file's stored order may be sorted by class.
-        self._order = self._rng.permutation(self._num_examples)
-
-    @property
-    def images(self):
-        return self._images
-
-    @property
-    def labels(self):
-        return self._labels
-
-    @property
-    def num_examples(self):
-        return self._num_examples
-
-    @property
-    def rng(self):
-        """The Generator behind the batch order; random augmentation draws from it too, so
-        that state_dict() holds all the randomness of a training run."""
-        return self._rng
-
-    @property
-    def epochs_completed(self):
-        return self._epochs_completed
+        self._order = self.rng.permutation(self.num_examples)
 
     def next_batch(self, batch_size):
         """Returns the next (images, labels) batch, reshuffling when an epoch ends.
 
         An epoch's last incomplete batch is skipped, so every batch has batch_size examples.
         """
-        if not 0 < batch_size <= self._num_examples:
-            raise ValueError(f'batch_size must be between 1 and the {self._num_examples} '
+        if not 0 < batch_size <= self.num_examples:
+            raise ValueError(f'batch_size must be between 1 and the {self.num_examples} '
                              f'examples of this set, got {batch_size}.')
         start = self._index_in_epoch
-        if start + batch_size > self._num_examples:
-            self._epochs_completed += 1
+        if start + batch_size > self.num_examples:
+            self.epochs_completed += 1
             # Shuffle an index, not the data: a batch gathers 200 rows instead of the epoch
             # copying all 600 MB of images.
-            self._order = self._rng.permutation(self._num_examples)
+            self._order = self.rng.permutation(self.num_examples)
             start = 0
         self._index_in_epoch = end = start + batch_size
         idx = self._order[start:end]
-        return self._images[idx], self._labels[idx]
+        return self.images[idx], self.labels[idx]
 
     def state_dict(self):
         """Where next_batch stands, as plain Python values (for checkpoints)."""
-        return {'epochs_completed': self._epochs_completed,
+        return {'epochs_completed': self.epochs_completed,
                 'index_in_epoch': self._index_in_epoch,
                 'order': self._order.tolist(),
-                'rng': self._rng.bit_generator.state}
+                'rng': self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
         """Continues from a state_dict(): the following batches are those it would have given."""
-        if len(state['order']) != self._num_examples:
+        if len(state['order']) != self.num_examples:
             raise ValueError(f"the saved batch order covers {len(state['order'])} examples, "
-                             f'this set has {self._num_examples}.')
-        self._epochs_completed = state['epochs_completed']
+                             f'this set has {self.num_examples}.')
+        self.epochs_completed = state['epochs_completed']
         self._index_in_epoch = state['index_in_epoch']
         self._order = np.asarray(state['order'], dtype=np.int64)
-        self._rng.bit_generator.state = state['rng']
+        self.rng.bit_generator.state = state['rng']
 
 
 def random_crop_flip(images, rng, padding=4):
@@ -336,26 +269,6 @@ def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
     return out
 
 
-def _subtract_mean(batches, validation_size):
-    """uint8 batches (N_i, 3, 32, 32) -> float32 (N, 3, 32, 32), N = sum N_i, minus the mean
-    image of all but the first validation_size images. Returns (images, mean_image)."""
-    # The mean is accumulated in float64 (exact) from the uint8 rows: a pass over 150 MB
-    # instead of over the 600 MB of float32 images.
-    total, start = np.zeros(IMAGE_SHAPE), 0
-    for x in batches:
-        total += x[max(0, validation_size - start):].sum(axis=0, dtype=np.float64)
-        start += len(x)
-    mean_image = (total / (start - validation_size)).astype(np.float32)
-    images = np.empty((start, *IMAGE_SHAPE), np.float32)
-    start = 0
-    for x in batches:
-        # Convert and subtract in one pass, written straight into the final array: no
-        # concatenated uint8 copy, no intermediate float32 copy.
-        np.subtract(x, mean_image, out=images[start:start + len(x)])
-        start += len(x)
-    return images, mean_image
-
-
 def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, seed=None):
     """Loads the splits into DataSets; see get_cifar10."""
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
@@ -363,13 +276,21 @@ def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, see
     ensure_cifar10(data_dir, download)
     train = [load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES]
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
-    n_train = sum(len(x) for x, _ in train)
-    if not 0 <= validation_size < n_train:
+    starts = np.cumsum([0] + [len(y) for _, y in train])  # where each batch begins, and N
+    n_train, v = int(starts[-1]), validation_size
+    if not 0 <= v < n_train:
         raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
                          f'training set has {n_train} images), got {validation_size!r}.')
-    images, mean_image = _subtract_mean([x for x, _ in train], validation_size)
+    # The mean of all but the first v images is summed in float64 (exact) from the uint8 rows,
+    # a pass over 150 MB instead of over the 600 MB of float32 images.
+    total = sum(x[max(0, v - s):].sum(axis=0, dtype=np.float64) for (x, _), s in zip(train, starts))
+    mean_image = (total / (n_train - v)).astype(np.float32)
+    images = np.empty((n_train, *IMAGE_SHAPE), np.float32)
+    for (x, _), s, e in zip(train, starts, starts[1:]):
+        # Convert and subtract in one pass, written straight into the final array: no
+        # concatenated uint8 copy, no intermediate float32 copy.
+        np.subtract(x, mean_image, out=images[s:e])
     labels = np.concatenate([y for _, y in train])
-    v = validation_size
     splits = {'train': (images[v:], labels[v:]),
               'validation': (images[:v], labels[:v]),
               'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
@@ -390,21 +311,11 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         download: whether a missing dataset may be downloaded.
         seed: seeds the shuffling of next_batch, for reproducible runs.
     Returns:
-        dict of DataSet; images float32 (N, 3, 32, 32) with the mean image of the (remaining)
-        training set subtracted.
+        dict of DataSet; images float32 (N, 3, 32, 32) minus the mean image of the (remaining)
+        training set.
     Raises:
-        ValueError: a bad validation_size.
-        CIFAR10Error: the data cannot be found, downloaded or read.
+        ValueError: a bad validation_size. CIFAR10Error: the data cannot be found, downloaded
+        or read.
     """
     return read_data_sets(data_dir or default_data_dir(), one_hot=one_hot,
                           validation_size=validation_size, download=download, seed=seed)
-
-
-if __name__ == '__main__':
-    # `python cifar10_utils.py [DATA_DIR]` fetches the data and prints the split sizes.
-    try:
-        splits = get_cifar10(sys.argv[1] if len(sys.argv) > 1 else None)
-    except CIFAR10Error as err:
-        sys.exit(f'error: {err}')
-    for split, ds in splits.items():
-        print(f'{split:10s} {ds.num_examples:6d} images {ds.images.shape[1:]}')

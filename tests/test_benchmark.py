@@ -33,7 +33,6 @@ def test_quick_run_prints_its_table_and_writes_json(tmp_path):
                 'NumPy / PyTorch step, [1000, 1000] at batch 512',
                 'NumPy step [1000, 1000] at batch 512 / float32 matmul 2048^2',
                 'NumPy / PyTorch step, [500] x 4 at batch 400',
-                'ConvNet training loop / bare loop, batch 32, cpu',
                 'ConvNet evaluation / training throughput, cpu']
     # Loading and a whole run need the real CIFAR-10 (CIFAR10_DIR); skipped with a message.
     has_data = 'skipped' not in result.stderr
