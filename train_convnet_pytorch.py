@@ -138,11 +138,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
     with; out_dir defaults to its folder. preset only records where the flags came from.
     """
-    flags = dict(learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,
-                 eval_freq=eval_freq, optimizer=optimizer, data_dir=data_dir, seed=seed,
-                 out_dir=out_dir, weight_decay=weight_decay, lr_schedule=lr_schedule,
-                 augment=augment, device=device, amp=amp, channels_last=channels_last,
-                 preset=preset, resume=resume)
+    flags = dict(locals())  # every argument, as metrics.json records them
     state = read_checkpoint(resume) if resume else None
     if state is not None:
         saved = state['flags']

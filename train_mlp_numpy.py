@@ -52,18 +52,16 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 
     dnn_hidden_units: '100,100'-style string or a list of ints.
     """
+    flags = dict(locals())  # every argument, as metrics.json records them
     if isinstance(dnn_hidden_units, str):
-        dnn_hidden_units = hidden_units(dnn_hidden_units)
-    flags = dict(dnn_hidden_units=list(dnn_hidden_units), learning_rate=learning_rate,
-                 max_steps=max_steps, batch_size=batch_size, eval_freq=eval_freq,
-                 data_dir=data_dir, seed=seed, out_dir=out_dir)
+        flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
     rng = np.random.default_rng(seed)
     data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed)
     train_set, test_set = data['train'], data['test']
     x_test = test_set.images.reshape(len(test_set.images), -1)
     # float32 throughout: half the memory traffic of float64 and twice the BLAS rate.
-    model = MLP(x_test.shape[1], flags['dnn_hidden_units'], test_set.labels.shape[1],
+    model = MLP(x_test.shape[1], dnn_hidden_units, test_set.labels.shape[1],
                 dtype=np.float32, rng=rng)
     loss_module = CrossEntropyModule()
 

@@ -102,19 +102,13 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 
     preset only records which preset the flags came from (main applies it).
     """
+    flags = dict(locals())  # every argument, as metrics.json records them
     if isinstance(dnn_hidden_units, str):
-        dnn_hidden_units = hidden_units(dnn_hidden_units)
-    flags = dict(dnn_hidden_units=list(dnn_hidden_units), learning_rate=learning_rate,
-                 max_steps=max_steps, batch_size=batch_size, eval_freq=eval_freq,
-                 data_dir=data_dir, seed=seed, out_dir=out_dir, optimizer=optimizer,
-                 momentum=momentum, weight_decay=weight_decay, dropout=dropout,
-                 batchnorm=batchnorm, activation=activation, init=init,
-                 lr_schedule=lr_schedule, augment=augment, augment_padding=augment_padding,
-                 device=device, preset=preset)
+        flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
     torch.manual_seed(seed)
     dev = select_device(device)
-    model = MLP(3 * 32 * 32, flags['dnn_hidden_units'], cifar10_utils.N_CLASSES,
+    model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES,
                 batchnorm=batchnorm, dropout=dropout, activation=activation, init=init).to(dev)
     opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
