@@ -92,17 +92,18 @@ def fake_project(tmp_path, skip=()):
                 flags = {'optimizer': 'adamw', 'dropout': 0.2}
             fake_metrics(folder, script, seed=i, **flags)
         entries[name] = {'label': name.replace('_', ' '), 'path': str(folder),
-                         'command': ['python', script, '--out_dir', str(folder)]}
+                         'command': ['python', script]}
     fake_grid(runs_dir / 'gridsearch')
     mod = runs_dir / 'mlp_pytorch_adam'
     fake_metrics(mod, 'train_mlp_pytorch.py', seed=9, optimizer='adam', dropout=0.0,
                  status='diverged')
     config = {'runs': entries,
               'gridsearch': {'path': str(runs_dir / 'gridsearch'),
-                             'command': ['python', 'gridsearch.py', '--out_dir', 'x']},
-              'modifications': [{'label': 'defaults', 'run': 'mlp_pytorch_default'},
+                             'command': ['python', 'gridsearch.py']},
+              # A row naming a run's folder shares that run.
+              'modifications': [{'label': 'defaults', 'path': str(runs_dir / RUNS[1])},
                                 {'label': 'Adam', 'path': str(mod)},
-                                {'label': 'best', 'run': 'mlp_pytorch_best'}]}
+                                {'label': 'best', 'path': str(runs_dir / RUNS[2])}]}
     path = tmp_path / 'runs.json'
     path.write_text(json.dumps(config))
     return str(path)
@@ -112,7 +113,7 @@ def fake_project(tmp_path, skip=()):
 FIGURES = [*(f'curves_{name}.png' for name in RUNS), 'comparison.pdf', 'comparison.png',
            'gridsearch_heatmap.png']
 TABLES = ['runs.tex', 'results.tex', 'results.md', 'modifications.tex', 'modifications.md',
-          'commands.tex', 'gridsearch.tex', 'gridsearch_results.tex']
+          'commands.tex', 'gridsearch.tex']
 
 
 def markdown_rows(path):
@@ -162,8 +163,10 @@ def test_every_figure_and_table(report):
     macros = (out / 'tables' / 'runs.tex').read_text()
     assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
     assert 'test accuracy after refitting on the whole training set 0.450' in macros
-    assert (out / 'tables' / 'gridsearch.tex').read_text() == (
-        '\\input{tables/gridsearch_results}\n')
+    grid_table = out.parent / 'runs' / 'gridsearch' / 'results.tex'
+    assert (out / 'tables' / 'gridsearch.tex').read_text() == grid_table.read_text()
+    # Each folder once (the rows naming a run's folder share it): 4 runs, mlp_pytorch_adam, grid.
+    assert (out / 'tables' / 'commands.tex').read_text().count('\\item[') == 6
     assert "warning: run 'mlp_pytorch_adam' diverged at step 30; the report shows" in err
 
 
@@ -265,6 +268,10 @@ def test_bad_runs_json_is_one_line(tmp_path, capsys):
     assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
     err = capsys.readouterr().err.strip()
     assert err == f'make_report: error: {bad}: runs.a needs a "path" (the run folder).'
+    bad.write_text('{"runs": {"a": {"path": "a"}}}')
+    assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f'make_report: error: {bad}: gridsearch needs a "path" (the grid folder).'
 
 
 def test_rerun_uses_the_recorded_command(tmp_path):
@@ -287,8 +294,9 @@ def test_rerun_uses_the_recorded_command(tmp_path):
         json.dump(metrics, f)
     runs = tmp_path / 'runs.json'
     runs.write_text(json.dumps({'runs': {'r': {'path': str(folder),
-                                               'command': ['python', str(script), 'listed']}}}))
-    make_report.rerun(make_report.load_config(str(runs)), [])
+                                               'command': ['python', str(script), 'listed']}},
+                                'gridsearch': {'path': str(tmp_path / 'grid')}}))
+    make_report.rerun(make_report.load_config(str(runs)), ['r'])
     with open(folder / 'metrics.json') as f:
         assert json.load(f)['flags']['marker'] == 'recorded'
     with pytest.raises(make_report.ReportError, match='unknown run'):
