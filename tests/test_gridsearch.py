@@ -64,6 +64,36 @@ def test_bad_grid_files(content, message, tmp_path, capsys, fake_cifar):
     assert not out.exists()
 
 
+@pytest.mark.parametrize('where', ['file', 'under_file', 'read_only'])
+def test_unusable_out_dir_stops_before_loading(where, tmp_path, capsys, monkeypatch):
+    """Checked before the data loads or a fit runs: an --out_dir that is a file (or under one)
+    used to lose the whole search to a FileExistsError after all the fits."""
+    (tmp_path / 'taken').write_text('not a folder')
+    (tmp_path / 'locked').mkdir(mode=0o500)
+    if where == 'read_only' and os.access(tmp_path / 'locked', os.W_OK):
+        pytest.skip('running as root: no folder is read-only')
+    out = {'file': 'taken', 'under_file': 'taken/out', 'read_only': 'locked/out'}[where]
+    monkeypatch.setattr(gridsearch.cifar10_utils, 'get_cifar10', lambda *a, **k: 1 / 0)
+    code = gridsearch.main([*TINY, '--out_dir', str(tmp_path / out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f'--out_dir {tmp_path / out}: ' in err[0] and 'choose another' in err[0], err
+    assert (tmp_path / 'taken').read_text() == 'not a folder'
+
+
+@pytest.mark.parametrize('subsample', ['5', '19'])
+def test_subsample_too_small_for_the_folds(subsample, fake_cifar, tmp_path, capsys):
+    """Fewer images than classes x folds cannot be split stratified: one sentence, no fit."""
+    out = tmp_path / 'out'
+    code = gridsearch.main([*TINY, '--subsample', subsample, '--data_dir', fake_cifar,
+                            '--out_dir', str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].endswith(f'--subsample {subsample} is too small: 2-fold cross-validation '
+                           'needs 2 images of each of the 10 classes, so at least 20.'), err
+    assert not out.exists()
+
+
 def test_missing_grid_file(tmp_path, capsys):
     assert gridsearch.main(['--grid', str(tmp_path / 'nope.json')]) == 2
     assert 'cannot read the grid file' in capsys.readouterr().err
@@ -88,11 +118,12 @@ def check_outputs(out, n_settings, refit=True):
     assert {'mean_test_score', 'std_test_score', 'param_batch_size', 'param_lr',
             'param_module__n_hidden', 'split0_test_score', 'rank_test_score'} <= set(table[0])
     md = (out / 'results.md').read_text().splitlines()
-    assert md[0] == ('| rank | CV accuracy (mean ± std) | batch size | learning rate | '
-                     'hidden layers |')
+    assert [cell.strip() for cell in md[0].strip('|').split('|')] == [
+        'rank', 'CV accuracy (mean ± std)', 'batch size', 'learning rate', 'hidden layers']
     assert len(md) == 2 + n_settings
     tex = (out / 'results.tex').read_text()
     assert tex.count(r'\\') == 1 + n_settings and r'\begin{tabular}' in tex
+    assert '& hidden layers' in tex and r'\toprule' in tex
     assert (out / 'heatmap.png').stat().st_size > 5000
     best = json.loads((out / 'best.json').read_text())
     assert best['best_cv_score'] == max(float(r['mean_test_score']) for r in table)
