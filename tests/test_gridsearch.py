@@ -124,6 +124,8 @@ def check_outputs(out, n_settings, refit=True):
     tex = (out / 'results.tex').read_text()
     assert tex.count(r'\\') == 1 + n_settings and r'\begin{tabular}' in tex
     assert '& hidden layers' in tex and r'\toprule' in tex
+    # report/make_report.py inputs results.tex as it is: a whole table, with its label.
+    assert r'\begin{table}' in tex and r'\label{tab:gridsearch}' in tex
     assert (out / 'heatmap.png').stat().st_size > 5000
     best = json.loads((out / 'best.json').read_text())
     assert best['best_cv_score'] == max(float(r['mean_test_score']) for r in table)
