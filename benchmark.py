@@ -32,6 +32,16 @@ from train_utils import select_device, write_json
 N_INPUTS, N_CLASSES = 3072, 10
 # [0]: a default train_mlp_numpy.py run's network and batch; [1]: set against NumPy's matmul.
 MLP_CONFIGS = (([100], 200), ([1000, 1000], 512), ([500] * 4, 400))
+# Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
+LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
+start = time.perf_counter()
+if sys.argv[1] == 'floor':  # read the six pickles and convert them to float32, nothing more
+    for name in cu.TRAIN_FILES + cu.TEST_FILES:
+        with open(f'{sys.argv[2]}/{name}', 'rb') as f:
+            np.asarray(pickle.load(f, encoding='latin1')['data'], dtype=np.float32)
+else:
+    cu.get_cifar10(sys.argv[2])
+print(time.perf_counter() - start)"""
 
 
 def compare(fns, rounds, min_run_time):
@@ -57,8 +67,8 @@ def mlp_step_flops(hidden, batch):
 def row(measurement, value, reference, unit, target):
     """Prints a line of the table at once and returns it as a record for the JSON."""
     a, b = (f'{v:.0f}' if v >= 99.95 else f'{v:#.3g}' for v in (value, reference))  # 3 digits
-    print(f'| {measurement:<80} | {f"{a} / {b} {unit} = {value / reference:.2f}":<28} '
-          f'| {target:<12} |', flush=True)
+    text = f'{a} / {b} {unit} = {value / reference:.2f}'
+    print(f'| {measurement:<80} | {text:<28} | {target:<12} |', flush=True)
     return {'measurement': measurement, 'value': value, 'reference': reference, 'unit': unit,
             'ratio': value / reference, 'target': target}
 
@@ -105,18 +115,6 @@ def bench_convnet(quick, device):
                   *((1, 0.1) if quick else (5, 2.0)))
     return [row(f'ConvNet evaluation / training throughput, {dev.type}',
                 n_eval / sec['eval'], batch / sec['train'], 'images/s', '>= 2.5')]
-
-
-# Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
-LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
-start = time.perf_counter()
-if sys.argv[1] == 'floor':  # read the six pickles and convert them to float32, nothing more
-    for name in cu.TRAIN_FILES + cu.TEST_FILES:
-        with open(f'{sys.argv[2]}/{name}', 'rb') as f:
-            np.asarray(pickle.load(f, encoding='latin1')['data'], dtype=np.float32)
-else:
-    cu.get_cifar10(sys.argv[2])
-print(time.perf_counter() - start)"""
 
 
 def run_python(*args):
@@ -168,7 +166,6 @@ def main(argv=None):
             'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             'python': platform.python_version(), 'numpy': np.__version__,
             'torch': str(torch.__version__)}})
-    return 0
 
 
 if __name__ == '__main__':

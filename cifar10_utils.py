@@ -3,14 +3,14 @@
     cifar10 = get_cifar10('cifar10/cifar-10-batches-py')
     x, y = cifar10['train'].next_batch(200)   # x: float32 (200, 3, 32, 32), y: float32 (200, 10)
 
-Images keep the course's pixel scale (0..255) with the training set's mean image subtracted.
-They are read from ``data_dir`` (default ``$CIFAR10_DIR``, else ``cifar10/cifar-10-batches-py``),
-the folder of ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``. When it is missing, the
-official archive is downloaded (``$CIFAR10_URL`` and ``$CIFAR10_MD5`` name a mirror), verified
-against its MD5, extracted with tarfile's ``data`` filter into a temporary folder beside
-``data_dir`` and moved into place only when complete; ``download=False`` or
-``CIFAR10_DOWNLOAD=0`` switches this off. The batch pickles are read by an unpickler that admits
-only what a batch holds (NumPy arrays, lists, strings, numbers): a tampered file cannot run code.
+Images keep the course's pixel scale (0..255) minus the training set's mean image. They are read
+from ``data_dir`` (default ``$CIFAR10_DIR``, else ``cifar10/cifar-10-batches-py``), the folder of
+``data_batch_1`` .. ``data_batch_5`` and ``test_batch``. When it is missing, the official archive
+is downloaded (``$CIFAR10_URL`` and ``$CIFAR10_MD5`` name a mirror), verified against its MD5,
+extracted with tarfile's ``data`` filter into a temporary folder beside ``data_dir`` and moved
+into place only when complete; ``download=False`` or ``CIFAR10_DOWNLOAD=0`` switches this off.
+The batch pickles are read by an unpickler that admits only what a batch holds (NumPy arrays,
+lists, strings, numbers): a tampered file cannot run code.
 """
 import hashlib
 import os
@@ -19,7 +19,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -31,10 +30,10 @@ CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
 ARCHIVE_FOLDER = 'cifar-10-batches-py'  # the folder inside the official archive
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 TEST_FILES = ('test_batch',)
+BATCH_FILES = TRAIN_FILES + TEST_FILES
 N_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer',
-           'dog', 'frog', 'horse', 'ship', 'truck')
+CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 
 class CIFAR10Error(RuntimeError):
@@ -42,18 +41,13 @@ class CIFAR10Error(RuntimeError):
 
 
 # --------------------------------------------------------------------------- reading
-
-
 class _BatchUnpickler(pickle.Unpickler):
     """Resolves only the globals that rebuild the NumPy arrays of a batch file (a Python 2
     pickle of a dict of a uint8 ndarray, lists of ints and byte strings)."""
 
     ALLOWED = {
-        ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy._core.multiarray', 'scalar'),
-        ('numpy._core.numeric', '_frombuffer'),
-        ('numpy', 'ndarray'),
-        ('numpy', 'dtype'),
+        ('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
+        ('numpy._core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
         ('_codecs', 'encode'),  # how Python 3 writes bytes in protocol 2
     }
 
@@ -67,9 +61,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def load_batch(path):
     """One batch file -> data uint8 (N, 3, 32, 32) in R, G, B planes, labels int64 (N,) in 0..9.
-
-    Raises CIFAR10Error naming the file when it is missing, unsafe, truncated or malformed.
-    """
+    Raises CIFAR10Error naming the file when it is missing, unsafe, truncated or malformed."""
     try:
         with open(path, 'rb') as f:
             batch = _BatchUnpickler(f, encoding='latin1').load()
@@ -96,21 +88,21 @@ def load_batch(path):
 
 
 # --------------------------------------------------------------------------- download
-
-
 def download_cifar10(data_dir, url=None, md5=None):
-    """Downloads, verifies and extracts the archive so that data_dir holds the batch files.
-
-    All is written in a temporary folder beside data_dir, renamed to data_dir only once the
-    archive is verified and extracted: an interrupted or corrupt download leaves nothing behind.
-    """
+    """Downloads, verifies and extracts the archive so that data_dir holds the batch files. All is
+    written in a temporary folder beside data_dir, renamed to data_dir only once the archive is
+    verified and extracted: an interrupted or corrupt download leaves nothing behind."""
     url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
     md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
     data_dir = os.path.abspath(data_dir)
     parent = os.path.dirname(data_dir)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)
+    except OSError as e:
+        raise CIFAR10Error(f'Cannot download CIFAR-10 into {parent} ({e.strerror}); point '
+                           '--data_dir or CIFAR10_DIR at a folder you can write.') from None
     print(f'Downloading CIFAR-10 from {url} to {data_dir}', file=sys.stderr)
-    tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)
     archive, digest = os.path.join(tmp, 'cifar-10-python.tar.gz'), hashlib.md5()
     try:
         try:
@@ -123,7 +115,7 @@ def download_cifar10(data_dir, url=None, md5=None):
                         f.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as e:
+        except (OSError, ValueError) as e:  # URLError, timeouts; ValueError: a bad URL
             raise CIFAR10Error(
                 f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
                 'network access, place the batch files of cifar-10-python.tar.gz (data_batch_1..5,'
@@ -141,8 +133,7 @@ def download_cifar10(data_dir, url=None, md5=None):
         except (tarfile.TarError, EOFError, OSError) as e:
             raise CIFAR10Error(f'Could not extract the archive from {url} ({e}).') from None
         extracted = os.path.join(tmp, ARCHIVE_FOLDER)
-        missing = [n for n in TRAIN_FILES + TEST_FILES
-                   if not os.path.isfile(os.path.join(extracted, n))]
+        missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(extracted, n))]
         if missing:
             raise CIFAR10Error(f'The archive from {url} lacks {", ".join(missing)} under '
                                f'{ARCHIVE_FOLDER}/.')
@@ -156,17 +147,18 @@ def download_cifar10(data_dir, url=None, md5=None):
 
 def ensure_cifar10(data_dir, download=True):
     """Returns data_dir once it holds the batch files, downloading them when allowed."""
-    names = TRAIN_FILES + TEST_FILES
-    missing = [n for n in names if not os.path.isfile(os.path.join(data_dir, n))]
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise CIFAR10Error(f'{data_dir} is a file; point --data_dir or CIFAR10_DIR at the '
+                           'folder with data_batch_1..5 and test_batch.')
+    missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(data_dir, n))]
     if not missing:
         return data_dir
-    if os.path.isdir(data_dir) and len(missing) < len(names):
+    if os.path.isdir(data_dir) and len(missing) < len(BATCH_FILES):
         raise CIFAR10Error(f'{data_dir} lacks {", ".join(missing)}. Put the missing batch '
                            'files there, or delete the folder to download it again.')
     if os.path.exists(data_dir) and os.listdir(data_dir):
-        raise CIFAR10Error(f'{data_dir} exists but holds no CIFAR-10 batch files. Point '
-                           '--data_dir or CIFAR10_DIR at the folder with data_batch_1..5 '
-                           'and test_batch.')
+        raise CIFAR10Error(f'{data_dir} exists but holds no CIFAR-10 batch files. Point --data_dir '
+                           'or CIFAR10_DIR at the folder with data_batch_1..5 and test_batch.')
     switch = os.environ.get('CIFAR10_DOWNLOAD', '1').strip().lower()
     if not download or switch in ('0', 'false', 'no', 'off', ''):
         raise CIFAR10Error(f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
@@ -184,15 +176,12 @@ def default_data_dir():
 
 
 # --------------------------------------------------------------------------- in memory
-
-
 class DataSet:
     """Images and labels of one split, served in shuffled mini-batches.
 
     Attributes (to read; next_batch and load_state_dict move them on):
-        images: float32 array of shape (N, 3, 32, 32).
-        labels: float32 one-hot array of shape (N, 10), or int64 array of shape (N,).
-        num_examples: N.
+        images: float32 (N, 3, 32, 32); num_examples: N.
+        labels: float32 one-hot (N, 10), or int64 (N,).
         epochs_completed: how many full passes next_batch has finished.
         rng: the Generator behind the batch order; random augmentation draws from it too, so
             that state_dict() holds all the randomness of a training run.
@@ -208,18 +197,15 @@ class DataSet:
         self._order = self.rng.permutation(self.num_examples)
 
     def next_batch(self, batch_size):
-        """Returns the next (images, labels) batch, reshuffling when an epoch ends.
-
-        An epoch's last incomplete batch is skipped, so every batch has batch_size examples.
-        """
+        """The next (images, labels) batch, reshuffling when an epoch ends. An epoch's last
+        incomplete batch is skipped, so every batch has batch_size examples."""
         if not 0 < batch_size <= self.num_examples:
             raise ValueError(f'batch_size must be between 1 and the {self.num_examples} '
                              f'examples of this set, got {batch_size}.')
         start = self._index_in_epoch
         if start + batch_size > self.num_examples:
             self.epochs_completed += 1
-            # Shuffle an index, not the data: a batch gathers 200 rows instead of the epoch
-            # copying all 600 MB of images.
+            # Shuffle an index, not the 600 MB of images: each batch gathers just its rows.
             self._order = self.rng.permutation(self.num_examples)
             start = 0
         self._index_in_epoch = end = start + batch_size
@@ -228,10 +214,8 @@ class DataSet:
 
     def state_dict(self):
         """Where next_batch stands, as plain Python values (for checkpoints)."""
-        return {'epochs_completed': self.epochs_completed,
-                'index_in_epoch': self._index_in_epoch,
-                'order': self._order.tolist(),
-                'rng': self.rng.bit_generator.state}
+        return {'epochs_completed': self.epochs_completed, 'index_in_epoch': self._index_in_epoch,
+                'order': self._order.tolist(), 'rng': self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
         """Continues from a state_dict(): the following batches are those it would have given."""
@@ -246,11 +230,9 @@ class DataSet:
 
 def random_crop_flip(images, rng, padding=4):
     """Each image cropped at a random offset from itself zero-padded by `padding` pixels, then
-    flipped left-right with probability 1/2; padding=0 gives flips only.
-
-    images: (B, C, H, W) -> a new array of the same shape. rng: numpy Generator. Zero is the
-    mean pixel here (the mean image is subtracted), so the padding adds no false edges.
-    """
+    flipped left-right with probability 1/2 (padding=0: flips only). images: (B, C, H, W) -> a
+    new array of the same shape; rng: a numpy Generator. Zero is the mean pixel here (the mean
+    image is subtracted), so the padding adds no false edges."""
     b, c, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     dy, dx = rng.integers(0, 2 * padding + 1, size=(2, b))
@@ -269,10 +251,22 @@ def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
     return out
 
 
-def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, seed=None):
-    """Loads the splits into DataSets; see get_cifar10."""
+def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None):
+    """Returns {'train', 'validation', 'test'} DataSets of CIFAR-10, their images float32
+    (N, 3, 32, 32) minus the mean image of the (remaining) training set.
+
+    Args:
+        data_dir: folder with data_batch_1..5 and test_batch; default $CIFAR10_DIR or
+            cifar10/cifar-10-batches-py. Downloaded there when missing (see the module doc).
+        one_hot: labels as float32 one-hot (N, 10) if True, else int64 (N,).
+        validation_size: how many of the first training images form the validation set.
+        download: whether a missing dataset may be downloaded.
+        seed: seeds the shuffling of next_batch, for reproducible runs.
+    Raises ValueError (a bad validation_size), CIFAR10Error (data not found, downloaded or read).
+    """
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
         raise ValueError(f'validation_size must be an integer, got {validation_size!r}.')
+    data_dir = data_dir or default_data_dir()
     ensure_cifar10(data_dir, download)
     train = [load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES]
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
@@ -286,13 +280,11 @@ def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, see
     total = sum(x[max(0, v - s):].sum(axis=0, dtype=np.float64) for (x, _), s in zip(train, starts))
     mean_image = (total / (n_train - v)).astype(np.float32)
     images = np.empty((n_train, *IMAGE_SHAPE), np.float32)
+    # Convert and subtract in one pass straight into the final array: no uint8 or float32 copy.
     for (x, _), s, e in zip(train, starts, starts[1:]):
-        # Convert and subtract in one pass, written straight into the final array: no
-        # concatenated uint8 copy, no intermediate float32 copy.
         np.subtract(x, mean_image, out=images[s:e])
     labels = np.concatenate([y for _, y in train])
-    splits = {'train': (images[v:], labels[v:]),
-              'validation': (images[:v], labels[:v]),
+    splits = {'train': (images[v:], labels[v:]), 'validation': (images[:v], labels[:v]),
               'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
     encode = dense_to_one_hot if one_hot else (lambda y: y)
     seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
@@ -300,22 +292,4 @@ def read_data_sets(data_dir, one_hot=True, validation_size=0, download=True, see
             for (name, (x, y)), s in zip(splits.items(), seeds)}
 
 
-def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None):
-    """Returns {'train', 'validation', 'test'} DataSets of CIFAR-10.
-
-    Args:
-        data_dir: folder with data_batch_1..5 and test_batch; default $CIFAR10_DIR or
-            cifar10/cifar-10-batches-py. Downloaded there when missing (see the module doc).
-        one_hot: labels as float32 one-hot (N, 10) if True, else int64 (N,).
-        validation_size: how many of the first training images form the validation set.
-        download: whether a missing dataset may be downloaded.
-        seed: seeds the shuffling of next_batch, for reproducible runs.
-    Returns:
-        dict of DataSet; images float32 (N, 3, 32, 32) minus the mean image of the (remaining)
-        training set.
-    Raises:
-        ValueError: a bad validation_size. CIFAR10Error: the data cannot be found, downloaded
-        or read.
-    """
-    return read_data_sets(data_dir or default_data_dir(), one_hot=one_hot,
-                          validation_size=validation_size, download=download, seed=seed)
+read_data_sets = get_cifar10  # the same loader under its other public name

@@ -17,9 +17,10 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
 import time
-from datetime import datetime
+from unittest import mock
 
 import joblib
 import numpy as np
@@ -29,12 +30,12 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from tabulate import tabulate
+from tqdm.auto import tqdm
 
 import cifar10_utils
+from command_line import ArgumentParser, hidden_units, positive_int
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
-from train_utils import ArgumentParser, hidden_units, positive_int, select_device, write_json
-
-# --------------------------------------------------------------------------- the grid
+from train_utils import check_out_dir, select_device, write_json
 
 DEFAULT_GRID = {'batch_size': [64, 128, 256, 512], 'learning_rate': [0.1, 0.01, 0.001],
                 'hidden_units': [[100, 100], [1000], [50, 30, 20]], 'optimizer': ['adam']}
@@ -44,6 +45,7 @@ SKORCH_NAMES = {  # grid key -> the parameter of skorch's NeuralNetClassifier it
     'optimizer': 'optimizer', 'weight_decay': 'optimizer__weight_decay',
     'momentum': 'optimizer__momentum', 'dropout': 'module__dropout',
     'batchnorm': 'module__batchnorm', 'activation': 'module__activation', 'init': 'module__init'}
+GRID_KEYS = {name: key for key, name in SKORCH_NAMES.items()}
 NUMBER = (int, float)  # type(v) rather than isinstance: True is an int, but no batch size
 CHECKS = {  # grid key -> (the test every value passes, what it asks for)
     'batch_size': (lambda v: type(v) is int and v > 0, 'a positive integer'),
@@ -59,53 +61,41 @@ CHECKS = {  # grid key -> (the test every value passes, what it asks for)
     'init': (lambda v: v in INITS, f'one of {", ".join(INITS)}')}
 
 
-def check_grid(grid):
-    """Raises ValueError naming the first bad key or value; returns the grid."""
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError('the grid must be a non-empty JSON object of lists, e.g. '
-                         '{"learning_rate": [0.01, 0.001]}.')
+def build_grid(args):
+    """The default grid, updated by --grid's file, then by the flags; ValueError if any is bad."""
+    grid = dict(DEFAULT_GRID)
+    if args.grid:
+        try:
+            with open(args.grid) as f:
+                from_file = json.load(f)
+        except OSError as e:
+            raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, '
+                             f'column {e.colno}.') from None
+        if not isinstance(from_file, dict) or not from_file:
+            raise ValueError('the grid must be a non-empty JSON object of lists, e.g. '
+                             '{"learning_rate": [0.01, 0.001]}.')
+        grid.update(from_file)
+    grid.update({k: getattr(args, k) for k in CHECKS if getattr(args, k) is not None})
     for key, values in grid.items():
         if key not in CHECKS:
             raise ValueError(f'unknown grid key {key!r}; known keys: {", ".join(CHECKS)}.')
         if not isinstance(values, list) or not values:
             raise ValueError(f'grid key {key!r} needs a non-empty list of values, got {values!r}.')
         ok, what = CHECKS[key]
-        for v in values:
-            if not ok(v):
-                raise ValueError(f'grid key {key!r}: every value must be {what}, got {v!r}.')
-    if 'momentum' in grid and set(grid.get('optimizer', ['adam'])) != {'sgd'}:
+        if bad := [v for v in values if not ok(v)]:
+            raise ValueError(f'grid key {key!r}: every value must be {what}, got {bad[0]!r}.')
+    if 'momentum' in grid and set(grid['optimizer']) != {'sgd'}:
         raise ValueError("grid key 'momentum' applies only to the optimizer 'sgd'.")
     return grid
 
 
-def build_grid(args):
-    """The default grid, updated by --grid's file, updated by the grid flags."""
-    grid = dict(DEFAULT_GRID)
-    if args.grid:
-        try:
-            with open(args.grid) as f:
-                grid.update(check_grid(json.load(f)))
-        except OSError as e:
-            raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, '
-                             f'column {e.colno}.') from None
-    grid.update({k: getattr(args, k) for k in CHECKS if getattr(args, k) is not None})
-    return check_grid(grid)
-
-
-def to_skorch(key, value):
-    """A grid value as skorch takes it: 'adam' -> torch.optim.Adam, the others unchanged."""
-    return OPTIMIZERS[value] if key == 'optimizer' else value
-
-
-def from_skorch(params):
-    """A setting as skorch took it -> the grid's keys and values."""
-    keys = {name: key for key, name in SKORCH_NAMES.items()}
-    return {keys[k]: v.__name__.lower() if k == 'optimizer' else v for k, v in params.items()}
-
-
-# --------------------------------------------------------------------------- the search
+def from_skorch(value):
+    """skorch's words -> the grid's: {'lr': 0.1} -> {'learning_rate': 0.1}, optim.SGD -> 'sgd'."""
+    if isinstance(value, dict):
+        return {GRID_KEYS[k]: from_skorch(v) for k, v in value.items()}
+    return value.__name__.lower() if isinstance(value, type) else value
 
 
 def make_net(max_epochs, device, seed):
@@ -125,19 +115,6 @@ def make_net(max_epochs, device, seed):
         iterator_train__shuffle=True, device=device, verbose=0, callbacks=[Seed()])
 
 
-def subsample_split(images, labels, n, cv, seed):
-    """n images drawn stratified by class (all of them when n is None)."""
-    classes = len(np.unique(labels))
-    if n is not None and n < cv * classes:
-        raise ValueError(f'--subsample {n} is too small: {cv}-fold cross-validation needs {cv} '
-                         f'images of each of the {classes} classes, so at least {cv * classes}.')
-    if n is None or n >= len(labels):
-        return images, labels
-    keep, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels,
-                               random_state=seed)
-    return images[np.sort(keep)], labels[np.sort(keep)]
-
-
 def connect(scheduler):
     """A client of the Dask cluster at scheduler, its workers given the model's code."""
     from dask.distributed import Client
@@ -155,73 +132,7 @@ def connect(scheduler):
     return client
 
 
-@contextlib.contextmanager
-def fit_progress(total):
-    """A progress bar over the fits, wherever they run: joblib tells this process of each."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit='fit', desc='grid search')
-    original = joblib.Parallel.print_progress
-    joblib.Parallel.print_progress = lambda self: bar.update(self.n_completed_tasks - bar.n)
-    try:
-        yield
-    finally:
-        joblib.Parallel.print_progress = original
-        bar.close()
-
-
-# --------------------------------------------------------------------------- the outputs
-
-
-def check_out_dir(path):
-    """Fails before the search rather than after it when the results could not be written."""
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent) or '.'
-    if not os.path.isdir(parent):
-        raise ValueError(f'--out_dir {path}: {parent} is a file, not a folder; choose another.')
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f'--out_dir {path}: cannot write in {parent}; choose another folder.')
-
-
-def ranked(cv_results):
-    """One dict a setting, best first: rank, mean and std of the CV accuracy, the grid keys."""
-    columns = ('rank_test_score', 'mean_test_score', 'std_test_score', 'params')
-    rows = [{'rank': int(rank), 'mean': float(mean), 'std': float(std), **from_skorch(params)}
-            for rank, mean, std, params in zip(*(cv_results[c] for c in columns))]
-    return sorted(rows, key=lambda r: r['rank'])
-
-
-def write_csv(path, cv_results):
-    """scikit-learn's cv_results_, a row a setting: optimizers by name, lists and dicts JSON."""
-    def cell(v):
-        v = from_skorch(v) if isinstance(v, dict) else v
-        v = v.__name__.lower() if isinstance(v, type) else v
-        return json.dumps(v) if isinstance(v, (dict, list)) else v
-
-    with open(path, 'w', newline='') as f:
-        csv.writer(f).writerows([list(cv_results),
-                                 *zip(*([cell(v) for v in c] for c in cv_results.values()))])
-
-
-def write_tables(out_dir, table, grid):
-    """results.md and results.tex: every setting, best first, and its CV accuracy."""
-    keys = ['batch_size', 'learning_rate', 'hidden_units']
-    keys += [k for k in grid if k not in keys and len(grid[k]) > 1]
-    headers = ['rank', 'CV accuracy (mean ± std)'] + [
-        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
-    rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}']
-            + [str(r[k]) if isinstance(r[k], list) else r[k] for k in keys] for r in table]
-    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-        f.write(tabulate(rows, headers, 'github', floatfmt='g') + '\n')
-    with open(os.path.join(out_dir, 'results.tex'), 'w') as f:  # a whole table, as the report
-        f.write('\\begin{table}[t]\n\\centering\n\\small\n'  # inputs it
-                + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid '
-                'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
-                'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
-
-
-def plot_heatmap(table, path, title=''):
+def plot_heatmap(table, path, title):
     """Learning rate x batch size, a panel per architecture; each cell the best mean CV
     accuracy over the grid's other keys."""
     archs = sorted({tuple(r['hidden_units']) for r in table}, key=lambda a: (len(a), a))
@@ -232,18 +143,17 @@ def plot_heatmap(table, path, title=''):
     axes = fig.subplots(1, len(archs), squeeze=False, sharey=True)
     for ax, arch in zip(axes[0], archs):
         cells = np.full((len(lrs), len(batch_sizes)), np.nan)
-        for r in table:
+        for r in reversed(table):  # best last: a cell ends with the best of its settings
             if tuple(r['hidden_units']) == arch:
                 i, j = lrs.index(r['learning_rate']), batch_sizes.index(r['batch_size'])
-                cells[i, j] = np.nanmax([cells[i, j], r['mean']])
+                cells[i, j] = r['mean']
         image = ax.imshow(cells, cmap='viridis', vmin=0.0, vmax=vmax, aspect='auto')
         for (i, j), v in np.ndenumerate(cells):
             if not np.isnan(v):
                 ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8,
                         color='white' if v < 0.6 * vmax else 'black')
-        ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
-        ax.set_yticks(range(len(lrs)), [f'{lr:g}' for lr in lrs])
-        ax.set_xlabel('batch size')
+        ax.set(xticks=range(len(batch_sizes)), xticklabels=[str(b) for b in batch_sizes],
+               yticks=range(len(lrs)), yticklabels=[f'{lr:g}' for lr in lrs], xlabel='batch size')
         ax.set_title(f'hidden layers {list(arch)}', fontsize=9)
     axes[0][0].set_ylabel('learning rate')
     fig.colorbar(image, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)
@@ -251,16 +161,10 @@ def plot_heatmap(table, path, title=''):
     fig.savefig(path, dpi=150, bbox_inches='tight')
 
 
-# --------------------------------------------------------------------------- command line
-
-
 def comma_list(convert):
     def parse(text):
-        try:
-            return [convert(part.strip()) for part in text.split(',')]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'expected comma-separated values of type '
-                                             f'{convert.__name__}, got {text!r}') from None
+        return [convert(part.strip()) for part in text.split(',')]
+    parse.__name__ = f'comma-separated {convert.__name__}'  # argparse: "invalid NAME value"
     return parse
 
 
@@ -289,55 +193,100 @@ def build_parser():
                    'cifar10/cifar-10-batches-py)')
     p.add_argument('--seed', type=int, default=42, help='seed of the folds and of every fit')
     p.add_argument('--out_dir', help='output folder (default: a new folder under runs/)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='write into --out_dir even when it holds files of another search')
     return p
+
+
+def stop_like_ctrl_c(signum, frame):
+    """SIGTERM (kill, a job scheduler) stops the search as Ctrl-C does, exit status 143."""
+    interrupt = KeyboardInterrupt()
+    interrupt.signal = signum
+    raise interrupt
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out_dir = args.out_dir or os.path.join('runs', f'gridsearch-{datetime.now():%Y%m%d-%H%M%S}')
+    out_dir = args.out_dir or os.path.join('runs', time.strftime('gridsearch-%Y%m%d-%H%M%S'))
     started = time.perf_counter()
-    try:  # every value is checked before the first fit
+    previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    try:  # every input is checked before the data loads: a bad one costs no fit
         grid = build_grid(args)
         if args.cv < 2:
             raise ValueError(f'--cv must be at least 2, got {args.cv}.')
-        check_out_dir(out_dir)
+        n = args.subsample
+        if n is not None and n < 10 * args.cv:  # each fold needs an image of each class
+            raise ValueError(f'--subsample {n} is too small: {args.cv}-fold cross-validation '
+                             f'needs {args.cv} images of each of the 10 classes, so at least '
+                             f'{10 * args.cv}.')
+        check_out_dir(out_dir, args.overwrite)  # now, not after the last fit
+
         data = cifar10_utils.get_cifar10(args.data_dir, one_hot=False)
-        x, y = subsample_split(data['train'].images, data['train'].labels, args.subsample,
-                               args.cv, args.seed)
+        train, test = data['train'], data['test']
+        x, y = train.images, train.labels
+        if n is not None and n < len(y):  # n images, each class in its share
+            keep, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y,
+                                       random_state=args.seed)
+            x, y = x[np.sort(keep)], y[np.sort(keep)]
         device = str(select_device(args.device))
         cluster = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
 
-        folds = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
-        param_grid = {SKORCH_NAMES[k]: [to_skorch(k, v) for v in values]
-                      for k, values in grid.items()}
+        param_grid = {SKORCH_NAMES[k]: [OPTIMIZERS[v] for v in values] if k == 'optimizer'
+                      else values for k, values in grid.items()}
         gs = GridSearchCV(make_net(args.max_epochs, device, args.seed), param_grid,
-                          scoring='accuracy', cv=folds, refit=False, error_score='raise',
+                          scoring='accuracy', refit=False, error_score='raise',
+                          cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
                           n_jobs=-1 if args.scheduler else args.n_jobs)
+        fits = args.cv * math.prod(map(len, grid.values()))
+        # joblib calls print_progress here after each fit, wherever it ran: patched, it moves the
+        # progress bar, and patch.object puts the original back when the search ends.
         with (cluster, joblib.parallel_config('dask' if args.scheduler else 'loky'),
-              fit_progress(args.cv * math.prod(map(len, grid.values())))):
+              tqdm(total=fits, unit='fit', desc='grid search') as bar,
+              mock.patch.object(joblib.Parallel, 'print_progress',
+                                lambda self: bar.update(self.n_completed_tasks - bar.n))):
             gs.fit(x, y)
-        table = ranked(gs.cv_results_)
+        res = gs.cv_results_  # scikit-learn's columns, a row a setting
+        best_first = np.argsort(res['rank_test_score'], kind='stable')  # ties: the grid's order
+        table = [{'rank': int(res['rank_test_score'][i]), 'mean': float(res['mean_test_score'][i]),
+                  'std': float(res['std_test_score'][i]), **from_skorch(res['params'][i])}
+                 for i in best_first]
         best = {k: table[0][k] for k in grid}
 
         test_accuracy = None
         if not args.no_refit:  # GridSearchCV's own refit would see only the subsample
-            print(f'refitting {best} on all {len(data["train"].labels)} training images',
-                  file=sys.stderr)
+            print(f'refitting {best} on all {len(train.labels)} training images', file=sys.stderr)
             net = make_net(args.max_epochs, device, args.seed)
-            net.set_params(**{SKORCH_NAMES[k]: to_skorch(k, v) for k, v in best.items()})
-            net.fit(data['train'].images, data['train'].labels)
-            test_accuracy = float(np.mean(net.predict(data['test'].images)
-                                          == data['test'].labels))
+            net.set_params(**res['params'][best_first[0]]).fit(train.images, train.labels)
+            test_accuracy = float(net.score(test.images, test.labels))  # score: the accuracy
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print('Interrupted; no results were written.', file=sys.stderr)
-        return 130
+        return 128 + getattr(e, 'signal', signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     os.makedirs(out_dir, exist_ok=True)
-    write_csv(os.path.join(out_dir, 'cv_results.csv'), gs.cv_results_)
-    write_tables(out_dir, table, grid)
+    with open(os.path.join(out_dir, 'cv_results.csv'), 'w', newline='') as f:
+        writer = csv.writer(f)  # scikit-learn's cv_results_, a row a setting
+        writer.writerow(res)
+        for row in zip(*res.values()):  # optimizers by name, lists and dicts as JSON
+            row = map(from_skorch, row)
+            writer.writerow([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row])
+    # results.md and results.tex: every setting, best first; the grid's varied keys as columns
+    keys = ['batch_size', 'learning_rate', 'hidden_units']
+    keys += [k for k in grid if k not in keys and len(grid[k]) > 1]
+    headers = ['rank', 'CV accuracy (mean ± std)'] + [
+        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
+    rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}', *(r[k] for k in keys)] for r in table]
+    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+        f.write(tabulate(rows, headers, 'github', floatfmt='g') + '\n')
+    with open(os.path.join(out_dir, 'results.tex'), 'w') as f:  # a whole table, as the report
+        f.write('\\begin{table}[t]\n\\centering\n\\small\n'  # inputs it
+                + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid '
+                'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
+                'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
     plot_heatmap(table, os.path.join(out_dir, 'heatmap.png'),
                  f'{args.cv}-fold CV on {len(y)} training images, {args.max_epochs} epochs per fit')
     write_json(os.path.join(out_dir, 'best.json'), {

@@ -17,15 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import cifar10_utils
+from command_line import cli, make_parser, non_negative_float, parse_with_preset
 from convnet_pytorch import ConvNet
-from train_utils import (
-    Run,
-    cli,
-    make_parser,
-    non_negative_float,
-    parse_with_preset,
-    select_device,
-)
+from train_utils import Run, select_device
 
 # The course's defaults.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -132,14 +126,14 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
           batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT,
           optimizer=OPTIMIZER_DEFAULT, data_dir=None, seed=42, out_dir=None,
           weight_decay=0.0, lr_schedule='constant', augment=False, device='auto', amp=False,
-          channels_last=False, preset=None, resume=None):
+          channels_last=False, preset=None, resume=None, overwrite=False):
     """Trains the ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
     with; out_dir defaults to its folder. preset only records where the flags came from.
     """
     flags = dict(locals())  # every argument, as metrics.json records them
-    state = read_checkpoint(resume) if resume else None
+    state, start = read_checkpoint(resume) if resume else None, 1
     if state is not None:
         saved = state['flags']
         changed = [n for n in TRAJECTORY_FLAGS if saved.get(n) != flags[n]]
@@ -152,7 +146,10 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         if state['step'] > max_steps:
             raise ValueError(f'{resume} is at step {state["step"]}, beyond --max_steps '
                              f'{max_steps}.')
-        out_dir = out_dir or os.path.dirname(os.path.abspath(resume))
+        folder, start = os.path.dirname(os.path.abspath(resume)), state['step'] + 1
+        out_dir = out_dir or folder
+        overwrite = overwrite or os.path.abspath(out_dir) == folder  # a run goes on in place
+    run = Run(__file__, flags, out_dir, max_steps, start, overwrite)  # checks out_dir first
 
     dev = select_device(device)
     amp_dtype = None
@@ -171,7 +168,6 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed)
     train_set, test_set = data['train'], data['test']
 
-    start = 1
     if state is not None:
         try:
             model.load_state_dict(state['model'])
@@ -185,7 +181,6 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         except (KeyError, TypeError, ValueError, RuntimeError):
             raise ValueError(f'{resume} does not hold the states of this run (model, '
                              'optimizer, schedule, batch order).') from None
-        start = state['step'] + 1
 
     def checkpoint(name, step):
         """The whole state after `step`: what --resume needs to go on bit for bit."""
@@ -197,7 +192,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             'metrics': {**run.metrics, 'wall_seconds': time.perf_counter() - run.started},
             'flags': flags})
 
-    with Run(__file__, flags, out_dir, max_steps, start) as run:
+    with run:
         run.metrics['device'] = str(dev)
         if state is not None:  # one run, one metrics.json, across interruptions
             for key in ('started', 'steps', 'train_loss', 'eval_steps', 'test_loss',
@@ -267,8 +262,8 @@ def parse_args(argv=None):
             saved = read_checkpoint(args.resume)['flags']
         except ValueError as e:
             parser.error(str(e))
-        parser.set_defaults(**{k: v for k, v in saved.items() if k not in ('out_dir',
-                                                                           'resume')})
+        parser.set_defaults(**{k: v for k, v in saved.items()
+                               if k not in ('out_dir', 'resume', 'overwrite')})
         args = parser.parse_args(argv)
     return args
 

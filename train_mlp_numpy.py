@@ -10,9 +10,10 @@ import sys
 import numpy as np
 
 import cifar10_utils
+from command_line import cli, hidden_units, make_parser
 from mlp_numpy import MLP
 from modules import CrossEntropyModule
-from train_utils import Run, cli, hidden_units, make_parser
+from train_utils import Run
 
 # The course's defaults.
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -47,7 +48,8 @@ def evaluate(model, loss_module, x, y, batch_size=5000):
 
 def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
           max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
-          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None):
+          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
+          overwrite=False):
     """Trains an MLP with SGD and returns the metrics written to out_dir/metrics.json.
 
     dnn_hidden_units: '100,100'-style string or a list of ints.
@@ -56,6 +58,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     if isinstance(dnn_hidden_units, str):
         flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
+    run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite)  # checks out_dir
     rng = np.random.default_rng(seed)
     data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed)
     train_set, test_set = data['train'], data['test']
@@ -66,8 +69,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     loss_module = CrossEntropyModule()
 
     # A diverging run overflows on its way to a NaN loss, which the run reports.
-    with Run(__file__, flags, out_dir, max_steps) as run, np.errstate(over='ignore',
-                                                                       invalid='ignore'):
+    with run, np.errstate(over='ignore', invalid='ignore'):
         for step in range(1, max_steps + 1):
             if run.stop_requested:
                 raise KeyboardInterrupt  # Ctrl-C, answered between two steps

@@ -11,17 +11,16 @@ import torch
 import torch.nn.functional as F
 
 import cifar10_utils
-from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
-from train_utils import (
-    Run,
+from command_line import (
     cli,
     hidden_units,
     make_parser,
     non_negative_float,
     non_negative_int,
     parse_with_preset,
-    select_device,
 )
+from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
+from train_utils import Run, select_device
 
 # The course's defaults (those of the NumPy MLP).
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -97,7 +96,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
           eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
           optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
           activation='relu', init='course', lr_schedule='constant', augment=False,
-          augment_padding=4, device='auto', preset=None):
+          augment_padding=4, device='auto', preset=None, overwrite=False):
     """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
     preset only records which preset the flags came from (main applies it).
@@ -106,6 +105,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     if isinstance(dnn_hidden_units, str):
         flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
+    run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite)  # checks out_dir
     torch.manual_seed(seed)
     dev = select_device(device)
     model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES,
@@ -115,7 +115,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed)
     train_set, test_set = data['train'], data['test']
 
-    with Run(__file__, flags, out_dir, max_steps) as run:
+    with run:
         run.metrics['device'] = str(dev)
         for step in range(1, max_steps + 1):
             if run.stop_requested:

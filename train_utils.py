@@ -1,12 +1,12 @@
-"""Chores the train scripts share, none of them the lesson: flags, device choice, the run
-folder (metrics.json, curves.png), the progress bar and clean exits."""
-import argparse
+"""Chores the train scripts share, none of them the lesson: device choice, the run folder
+(metrics.json, curves.png), the progress bar, Ctrl-C and SIGTERM."""
 import json
 import math
 import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -14,79 +14,7 @@ from datetime import datetime
 import numpy as np
 from tqdm.auto import tqdm
 
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (and exit status 2) instead of usage + error."""
-
-    def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def _number(convert, low_ok, what):
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and (value > 0 or (low_ok and value == 0))):
-            raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
-        return value
-    return parse
-
-
-positive_int = _number(int, False, 'an integer > 0')
-non_negative_int = _number(int, True, 'an integer >= 0')
-positive_float = _number(float, False, 'a finite number > 0')
-non_negative_float = _number(float, True, 'a finite number >= 0')
-
-
-def hidden_units(text):
-    """'100' -> [100]; '500,500' -> [500, 500]; '' -> [] (no hidden layer)."""
-    try:
-        return [positive_int(part) for part in text.split(',')] if text.strip() else []
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError('expected comma-separated positive integers such as '
-                                         f'100 or 500,500, got {text!r}') from None
-
-
-def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):
-    """The flags every train script has, with its course defaults; doc: its docstring."""
-    p = ArgumentParser(description=doc.split('\n\n')[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--learning_rate', type=positive_float, default=learning_rate,
-                   help='learning rate of the optimizer')
-    p.add_argument('--max_steps', type=positive_int, default=max_steps,
-                   help='number of training steps (mini-batches)')
-    p.add_argument('--batch_size', type=positive_int, default=batch_size,
-                   help='examples per training step')
-    p.add_argument('--eval_freq', type=positive_int, default=eval_freq,
-                   help='evaluate on the whole test set every this many steps (and at the end)')
-    p.add_argument('--data_dir', help='folder with the CIFAR-10 batch files, downloaded there '
-                   'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)')
-    p.add_argument('--seed', type=int, default=42,
-                   help='seed of the initialisation and of the batch order')
-    p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '
-                   '(default: a new folder under runs/)')
-    if presets:
-        p.add_argument('--preset', choices=tuple(presets),
-                       help='a tuned set of flags (see README); flags given explicitly win')
-    return p
-
-
-def parse_with_preset(parser, argv, presets):
-    """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
-    preset = parser.parse_known_args(argv)[0].preset
-    if preset is not None:
-        parser.set_defaults(**presets[preset])
-    return parser.parse_args(argv)
-
-
-def flags_to_argv(flags):
-    """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
-    line that reproduces a run (None and False flags are left out)."""
-    return [arg for k, v in flags.items() if v is not None and v is not False
-            for arg in ([f'--{k}'] if v is True else
-                        [f'--{k}', ','.join(map(str, v)) if isinstance(v, list) else str(v)])]
+from command_line import flags_to_argv
 
 
 def select_device(name='auto'):
@@ -102,20 +30,25 @@ def select_device(name='auto'):
 class Run:
     """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
 
-    Inside, Ctrl-C sets stop_requested, which the loop reads between steps (a second Ctrl-C
-    stops at once). Leaving saves metrics.json and curves.png: 'completed', 'interrupted' or
-    'diverged'. metrics.json also holds the flags, the command that reproduces the run, per
-    step the training loss, per evaluation the test loss and accuracy, and the wall time.
+    Made before any data is loaded, it refuses at once an out_dir it could not write or that
+    holds another run (unless overwrite). Inside ``with``, Ctrl-C or SIGTERM sets
+    stop_requested, which the loop reads between steps (a second one stops at once). Leaving
+    saves metrics.json and curves.png: 'completed', 'interrupted' or 'diverged'. metrics.json
+    also holds the flags, the command that reproduces the run, per step the training loss, per
+    evaluation the test loss and accuracy, and the wall time.
     """
 
-    def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1):
+    def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
+                 overwrite=False):
         name = os.path.basename(script)
         if out_dir is None:
             out_dir = base = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
             n = 1
             while os.path.exists(out_dir):
                 n, out_dir = n + 1, f'{base}-{n + 1}'
-        self.out_dir, self.started, self.stop_requested = out_dir, time.perf_counter(), False
+        check_out_dir(out_dir, overwrite)
+        self.out_dir, self.stop_requested, self.signal = out_dir, False, signal.SIGINT
+        self.started = time.perf_counter()
         versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
                     if m in sys.modules}  # str: weights_only loading refuses TorchVersion
         self.metrics = dict(
@@ -124,8 +57,6 @@ class Run:
             test_loss=[], test_accuracy=[], final_test_accuracy=None, best_test_accuracy=None,
             wall_seconds=None, started=datetime.now().isoformat(timespec='seconds'),
             versions={'python': platform.python_version(), **versions})
-        # The bar appears with the first step: a run that fails to start shows only its error.
-        self.bar = None
         self._bar_args = dict(total=max_steps, initial=start_step - 1, desc=name[:-3])
 
     def path(self, name):
@@ -135,7 +66,7 @@ class Run:
         """Records a step's training loss; FloatingPointError when it is not finite."""
         self.metrics['steps'].append(step)
         self.metrics['train_loss'].append(float(loss))
-        if self.bar is None:
+        if self.bar is None:  # made here: a run that fails to start shows only its error
             self.bar = tqdm(unit='step', file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
                             **self._bar_args)
         self.bar.update(1)
@@ -163,29 +94,50 @@ class Run:
             plot_curves(self.metrics, self.path('curves.png'))
         write_json(self.path('metrics.json'), self.metrics)
 
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
         if self.stop_requested:
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.stop_requested, self.signal = True, signum
 
     def __enter__(self):
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_signal)
+                              for s in (signal.SIGINT, signal.SIGTERM)}
+        self.bar = None
         return self
 
     def __exit__(self, kind, error, traceback):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
         if self.bar is not None:
             self.bar.close()
         if kind in (None, KeyboardInterrupt, FloatingPointError):
             self.save({None: 'completed', KeyboardInterrupt: 'interrupted'}.get(kind, 'diverged'))
         if kind is KeyboardInterrupt:
-            print(f'Interrupted after step {(self.metrics["steps"] or [0])[-1]}; metrics so far '
-                  f'are in {self.out_dir}.', file=sys.stderr)
+            error.signal = self.signal  # cli's exit status: 128 + its number
+            print(f'Stopped by {signal.Signals(self.signal).name} after step '
+                  f'{(self.metrics["steps"] or [0])[-1]}; metrics so far are in '
+                  f'{self.out_dir}.', file=sys.stderr)
         if kind is FloatingPointError:
             error.args = (f'{error} Metrics up to here are in {self.out_dir}.',)
+
+
+def check_out_dir(out_dir, overwrite=False):
+    """ValueError, before any work, for an out_dir that cannot be written or that holds files
+    (another run's, which this one would overwrite) when overwrite is False."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        hint = (f', continue it with --resume {os.path.join(out_dir, "last.pt")}'
+                if os.path.exists(os.path.join(out_dir, 'last.pt')) else '')
+        raise ValueError(f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
+                         'or pass --overwrite to replace its files.')
+    parent = out_dir  # the folder to write in, or the nearest existing one above it
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or '.'
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ValueError(f'cannot write to --out_dir {out_dir} ({e.strerror}).') from None
 
 
 def write_json(path, obj):
@@ -221,20 +173,3 @@ def plot_curves(metrics, path):
     fig.savefig(f'{path}.tmp.png', dpi=120, metadata={'Software': None})
     plt.close(fig)
     os.replace(f'{path}.tmp.png', path)
-
-
-def cli(train, args):
-    """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
-    value, 1 missing data or a diverged run, 130 Ctrl-C."""
-    from cifar10_utils import CIFAR10Error
-
-    try:
-        metrics = train(**vars(args))
-    except (ValueError, CIFAR10Error, FloatingPointError) as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1
-    except KeyboardInterrupt:
-        return 130
-    print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
-          f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')
-    return 0

@@ -24,7 +24,8 @@ REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from train_utils import ArgumentParser, plot_curves  # noqa: E402
+from command_line import ArgumentParser  # noqa: E402
+from train_utils import plot_curves  # noqa: E402
 
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
 ACCURACIES = ('final_test_accuracy', 'best_test_accuracy')
@@ -60,8 +61,8 @@ class Run:
     name: str
     label: str
     path: str  # as runs.json spells it (relative to ROOT), for messages
-    command: list = None
-    record: str = 'metrics.json'
+    command: list
+    record: str
     data: dict = None
     problem: str = None
     missing: bool = True
@@ -88,7 +89,7 @@ class Run:
     def rerun_command(self):
         """Its recorded command, else runs.json's, with --out_dir the folder and no --resume."""
         out, skip = [], False
-        for arg in (self.data or {}).get('command') or self.command or []:
+        for arg in (self.data or {}).get('command') or self.command:
             if not skip and not arg.startswith(('--out_dir', '--resume')):
                 out.append(arg)
             skip = arg in ('--out_dir', '--resume')  # the value follows
@@ -147,8 +148,7 @@ def load_config(runs_path):
 def rerun(config, names):
     """Reruns the folders named (all when names is empty), one after another, from ROOT."""
     targets = {run.name: run for run in config.folders if not names or run.name in names}
-    unknown = [name for name in names if name not in targets]
-    if unknown:
+    if unknown := [name for name in names if name not in targets]:
         raise ReportError(f'--rerun: unknown run(s) {", ".join(unknown)}; the runs are '
                           f'{", ".join(run.name for run in config.folders)}.', 2)
     for name, run in targets.items():
@@ -181,8 +181,8 @@ def run_row(run):
     """[final, best, steps, time, device] of one run, as text."""
     if run.missing:
         return ['missing', '--', '--', '--', '--']
-    m, note, s = run.data, status_note(run.data), run.data['wall_seconds']
-    steps = str((m['steps'] or [0])[-1]) + (f' ({note.split(" at ")[0]})' if note else '')
+    m, s, status = run.data, run.data['wall_seconds'], run.data['status']
+    steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
     time = '--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100 else \
         f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h'
     return [*('--' if m[key] is None else f'{m[key]:.3f}' for key in ACCURACIES),
@@ -236,7 +236,7 @@ def write_tables(config, out):
     write(f'{out}/results.tex', tex_tabular('lrrrrl', ['model', *short, 'device'],
                                             [[run.label, *run_row(run)] for run in runs]))
     write(f'{out}/results.md', tabulate(
-        [[run.label, f'`{shlex.join(run.command or [])}`', *run_row(run)] for run in runs],
+        [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
         ['model', 'command', *head, 'time', 'device'], 'github', disable_numparse=True) + '\n')
 
     base = config.modifications[0][1] if config.modifications else None

@@ -1,8 +1,10 @@
-"""Fixtures: small fake CIFAR-10 folders in the official format, and the real data when
-CIFAR10_DIR points at it."""
+"""Fixtures: small fake CIFAR-10 folders in the official format, the real data where the
+scripts would find it, a narrow ConvNet, a read-only folder."""
+import functools
 import os
 import pickle
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cifar10_utils import TEST_FILES, TRAIN_FILES  # noqa: E402
+from cifar10_utils import TEST_FILES, TRAIN_FILES, default_data_dir  # noqa: E402
 
 
 def make_images(rng, n):
@@ -43,13 +45,49 @@ def fake_cifar(tmp_path):
     return write_fake_cifar(tmp_path / 'cifar-10-batches-py')
 
 
+def find_real_cifar():
+    """The folder the scripts would read ($CIFAR10_DIR, else cifar10/cifar-10-batches-py
+    from where pytest runs, else from the repository), or None when none holds the data."""
+    for folder in (default_data_dir(), os.path.join(ROOT, default_data_dir())):
+        if all(os.path.isfile(os.path.join(folder, n)) for n in TRAIN_FILES + TEST_FILES):
+            return folder
+    return None
+
+
 @pytest.fixture
 def real_cifar():
-    folder = os.environ.get('CIFAR10_DIR')
-    if not folder:
-        pytest.skip('CIFAR10_DIR is not set: this test needs the real CIFAR-10 '
-                    '(see README, "Data").')
+    folder = find_real_cifar()
+    if folder is None:
+        pytest.skip('no CIFAR-10 in $CIFAR10_DIR or cifar10/cifar-10-batches-py: this test '
+                    'needs the real data (see README, "Data").')
     return folder
+
+
+@pytest.fixture
+def small_convnet(monkeypatch):
+    """train_convnet_pytorch builds Table 1's layers at 1/16 of their width: the same code
+    path, a few hundredth of the arithmetic."""
+    import train_convnet_pytorch
+    from convnet_pytorch import ConvNet
+    monkeypatch.setattr(train_convnet_pytorch, 'ConvNet', functools.partial(ConvNet, width=1 / 16))
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be written in: a chmod 500 one, or for root (whom chmod does not
+    stop) /sys."""
+    folder = tmp_path / 'read-only'
+    folder.mkdir()
+    folder.chmod(0o500)
+    for candidate in (str(folder), '/sys'):
+        try:
+            tempfile.TemporaryFile(dir=candidate).close()
+        except OSError:
+            yield candidate
+            break
+    else:
+        pytest.skip('no read-only folder on this machine')
+    folder.chmod(0o700)
 
 
 @pytest.fixture(autouse=True)

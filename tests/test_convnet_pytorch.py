@@ -40,13 +40,6 @@ def _single_thread():
 
 
 @pytest.fixture
-def small_convnet(monkeypatch):
-    """The train script builds Table 1's layers at 1/16 of their width: the same code path,
-    a few hundredth of the arithmetic."""
-    monkeypatch.setattr(train_convnet_pytorch, 'ConvNet', functools.partial(ConvNet, width=1 / 16))
-
-
-@pytest.fixture
 def cli_name(monkeypatch):
     """Error messages name sys.argv[0], as they do when the script runs."""
     monkeypatch.setattr(sys, 'argv', ['train_convnet_pytorch.py'])
@@ -244,7 +237,8 @@ def test_preset_fills_in_what_was_not_given():
         'learning_rate': 1e-4, 'max_steps': 5000, 'batch_size': 32, 'eval_freq': 500,
         'data_dir': None, 'seed': 42, 'out_dir': None, 'optimizer': 'ADAM',
         'weight_decay': 0.0, 'lr_schedule': 'constant', 'augment': False, 'device': 'auto',
-        'amp': False, 'channels_last': False, 'preset': None, 'resume': None}
+        'amp': False, 'channels_last': False, 'preset': None, 'resume': None,
+        'overwrite': False}
     args = parse_args(['--preset', 'long', '--max_steps', '10', '--optimizer', 'adam'])
     assert args.max_steps == 10 and args.optimizer == 'ADAM'
     for name in ('learning_rate', 'weight_decay', 'lr_schedule', 'augment', 'batch_size',

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -64,21 +65,39 @@ def test_bad_grid_files(content, message, tmp_path, capsys, fake_cifar):
     assert not out.exists()
 
 
-@pytest.mark.parametrize('where', ['file', 'under_file', 'read_only'])
-def test_unusable_out_dir_stops_before_loading(where, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize('where', ['file', 'under_file', 'read_only', 'holds_a_search'])
+def test_unusable_out_dir_stops_before_loading(where, tmp_path, read_only_dir, capsys,
+                                               monkeypatch):
     """Checked before the data loads or a fit runs: an --out_dir that is a file (or under one)
-    used to lose the whole search to a FileExistsError after all the fits."""
+    used to lose the whole search to a FileExistsError after all the fits, and a folder that
+    holds another search's results was overwritten."""
     (tmp_path / 'taken').write_text('not a folder')
-    (tmp_path / 'locked').mkdir(mode=0o500)
-    if where == 'read_only' and os.access(tmp_path / 'locked', os.W_OK):
-        pytest.skip('running as root: no folder is read-only')
-    out = {'file': 'taken', 'under_file': 'taken/out', 'read_only': 'locked/out'}[where]
+    (tmp_path / 'done').mkdir()
+    (tmp_path / 'done' / 'best.json').write_text('{}')
+    out = {'file': tmp_path / 'taken', 'under_file': tmp_path / 'taken/out',
+           'read_only': f'{read_only_dir}/out', 'holds_a_search': tmp_path / 'done'}[where]
     monkeypatch.setattr(gridsearch.cifar10_utils, 'get_cifar10', lambda *a, **k: 1 / 0)
-    code = gridsearch.main([*TINY, '--out_dir', str(tmp_path / out)])
+    code = gridsearch.main([*TINY, '--out_dir', str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert f'--out_dir {tmp_path / out}: ' in err[0] and 'choose another' in err[0], err
+    assert (f'error: --out_dir {out} holds another run; choose a new folder, or pass '
+            '--overwrite' if where == 'holds_a_search' else
+            f'error: cannot write to --out_dir {out} (') in err[0], err
     assert (tmp_path / 'taken').read_text() == 'not a folder'
+    assert (tmp_path / 'done' / 'best.json').read_text() == '{}'
+
+
+def test_sigterm_stops_the_search_like_ctrl_c(fake_cifar, tmp_path, capsys, monkeypatch):
+    def terminated(self, x, y):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives here
+
+    monkeypatch.setattr(gridsearch.GridSearchCV, 'fit', terminated)
+    out = tmp_path / 'out'
+    assert gridsearch.main([*TINY, '--data_dir', fake_cifar, '--out_dir', str(out)]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ('Interrupted; no results were '
+                                                                'written.')
+    assert not out.exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 @pytest.mark.parametrize('subsample', ['5', '19'])

@@ -1,0 +1,101 @@
+"""The command line the train scripts share: flag types whose errors are one line (exit
+status 2), the flags every script has, presets, and cli(), which turns what a user can cause
+into one sentence and an exit status."""
+import argparse
+import math
+import os
+import signal
+import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error message (and exit status 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def _number(convert, low_ok, what):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > 0 or (low_ok and value == 0))):
+            raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
+        return value
+    return parse
+
+
+positive_int = _number(int, False, 'an integer > 0')
+non_negative_int = _number(int, True, 'an integer >= 0')
+positive_float = _number(float, False, 'a finite number > 0')
+non_negative_float = _number(float, True, 'a finite number >= 0')
+
+
+def hidden_units(text):
+    """'100' -> [100]; '500,500' -> [500, 500]; '' -> [] (no hidden layer)."""
+    try:
+        return [positive_int(part) for part in text.split(',')] if text.strip() else []
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError('expected comma-separated positive integers such as '
+                                         f'100 or 500,500, got {text!r}') from None
+
+
+def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):
+    """The flags every train script has, with its course defaults; doc: its docstring."""
+    p = ArgumentParser(description=doc.split('\n\n')[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--learning_rate', type=positive_float, default=learning_rate,
+                   help='learning rate of the optimizer')
+    p.add_argument('--max_steps', type=positive_int, default=max_steps,
+                   help='number of training steps (mini-batches)')
+    p.add_argument('--batch_size', type=positive_int, default=batch_size,
+                   help='examples per training step')
+    p.add_argument('--eval_freq', type=positive_int, default=eval_freq,
+                   help='evaluate on the whole test set every this many steps (and at the end)')
+    p.add_argument('--data_dir', help='folder with the CIFAR-10 batch files, downloaded there '
+                   'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)')
+    p.add_argument('--seed', type=int, default=42,
+                   help='seed of the initialisation and of the batch order')
+    p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '
+                   '(default: a new folder under runs/)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='write into --out_dir even when it holds files of another run')
+    if presets:
+        p.add_argument('--preset', choices=tuple(presets),
+                       help='a tuned set of flags (see README); flags given explicitly win')
+    return p
+
+
+def parse_with_preset(parser, argv, presets):
+    """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset is not None:
+        parser.set_defaults(**presets[preset])
+    return parser.parse_args(argv)
+
+
+def flags_to_argv(flags):
+    """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
+    line that reproduces a run (None and False flags are left out)."""
+    return [arg for k, v in flags.items() if v is not None and v is not False
+            for arg in ([f'--{k}'] if v is True else
+                        [f'--{k}', ','.join(map(str, v)) if isinstance(v, list) else str(v)])]
+
+
+def cli(train, args):
+    """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
+    value, 1 missing data or a diverged run, 130 Ctrl-C, 143 SIGTERM."""
+    from cifar10_utils import CIFAR10Error
+
+    try:
+        metrics = train(**vars(args))
+    except (ValueError, CIFAR10Error, FloatingPointError) as e:
+        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+    except KeyboardInterrupt as e:
+        return 128 + getattr(e, 'signal', signal.SIGINT)
+    print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
+          f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')
+    return 0
