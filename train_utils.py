@@ -165,7 +165,8 @@ def plot_curves(metrics, path):
                      label='test')
         ax_acc.plot(metrics['eval_steps'], metrics['test_accuracy'], 'o-', color='C1', ms=3)
     ax_loss.set(xlabel='step', ylabel='cross-entropy loss', title='Loss')
-    ax_loss.legend(frameon=False)
+    if len(steps):  # a run stopped before its first step has nothing to label
+        ax_loss.legend(frameon=False)
     ax_acc.set(xlabel='step', ylabel='accuracy', title='Test accuracy')
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

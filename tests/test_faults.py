@@ -167,3 +167,25 @@ def test_data_faults_are_one_sentence(case, tmp_path, read_only_dir, monkeypatch
                                  '--out_dir', str(tmp_path / 'run')]) == 1
     assert expected in last_error(capsys)
     assert not (tmp_path / 'run').exists()
+
+
+def test_a_torn_step_promises_no_checkpoint(fake_cifar, small_convnet, tmp_path, monkeypatch,
+                                            capsys):
+    """Item 13: a second Ctrl-C stops mid-step, before any evaluation: no last.pt exists, and
+    no message points to one."""
+    next_batch = DataSet.next_batch
+
+    def two_ctrl_c(self, batch_size):
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks to stop after this step
+        os.kill(os.getpid(), signal.SIGINT)  # the second stops at once
+        return next_batch(self, batch_size)
+
+    monkeypatch.setattr(DataSet, 'next_batch', two_ctrl_c)
+    out = tmp_path / 'run'
+    assert train_convnet_pytorch.main(small_run(fake_cifar, out)) == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'last.pt' not in err and '--resume' not in err
+    assert f'Stopped by SIGINT after step 0; metrics so far are in {out}.' in err
+    assert not (out / 'last.pt').exists()
+    with open(out / 'metrics.json') as f:
+        assert json.load(f)['status'] == 'interrupted'
