@@ -30,8 +30,11 @@ from modules import CrossEntropyModule
 from train_utils import select_device, write_json
 
 N_INPUTS, N_CLASSES = 3072, 10
-# [0]: a default train_mlp_numpy.py run's network and batch; [1]: set against NumPy's matmul.
-MLP_CONFIGS = (([100], 200), ([1000, 1000], 512), ([500] * 4, 400))
+# (hidden, batch, recipe): [0] a default train_mlp_numpy.py run's network and batch; [1] set
+# against NumPy's matmul; the last the --preset best recipe (batch norm, dropout, AdamW).
+BEST = dict(batchnorm=True, dropout=0.2, init='kaiming')
+MLP_CONFIGS = (([100], 200, None), ([1000, 1000], 512, None), ([500] * 4, 400, None),
+               ([1024, 1024], 256, BEST))
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
 LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
 start = time.perf_counter()
@@ -74,25 +77,31 @@ def row(measurement, value, reference, unit, target):
 
 
 def bench_mlp(quick):
-    """NumPy against PyTorch MLP steps (float32, SGD, CPU) on one batch, and the NumPy step's
-    GFLOP/s against NumPy's float32 matmul rate, measured in the same rounds (the same load)."""
+    """NumPy against PyTorch MLP steps (float32, CPU) on one batch: SGD, then the best recipe
+    with AdamW; and the NumPy step's GFLOP/s against NumPy's float32 matmul rate, measured in
+    the same rounds (the same load)."""
     lr, rng, rows = train_mlp_numpy.LEARNING_RATE_DEFAULT, np.random.default_rng(0), []
     x = rng.normal(0, 60, (512, N_INPUTS)).astype(np.float32)
     labels = rng.integers(0, N_CLASSES, 512)
     a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
-    for i, (hidden, batch) in enumerate(MLP_CONFIGS):
-        np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng)
-        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES)
-        opt = train_mlp_pytorch.make_optimizer('sgd', torch_model.parameters(), lr)
+    for i, (hidden, batch, recipe) in enumerate(MLP_CONFIGS):
+        np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng,
+                                 **(recipe or {}))
+        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES, **(
+            {**recipe, 'batchnorm': 'torch'} if recipe else {}))
+        name, decay = ('adamw', 1e-2) if recipe else ('sgd', 0.0)
+        np_opt = train_mlp_numpy.make_optimizer(name, np_model.parameters(), lr, 0, decay)
+        opt = train_mlp_pytorch.make_optimizer(name, torch_model.parameters(), lr, 0, decay)
         fns = {'numpy': partial(train_mlp_numpy.train_step, np_model, CrossEntropyModule(),
-                                x[:batch], cifar10_utils.dense_to_one_hot(labels[:batch]), lr),
+                                np_opt, x[:batch], cifar10_utils.dense_to_one_hot(labels[:batch])),
                'torch': partial(train_mlp_pytorch.train_step, torch_model, opt,
                                 torch.from_numpy(x[:batch]), torch.from_numpy(labels[:batch])),
                **({'matmul': partial(np.matmul, a, b, out=np.empty_like(a))} if i == 1 else {})}
         sec = compare(fns, *((2, 0.05) if quick else (7, 0.5)))
         name = f'[{hidden[0]}] x {len(hidden)}' if len(hidden) > 2 else hidden
-        rows.append(row(f'NumPy / PyTorch step, {name} at batch {batch}', sec['numpy'] * 1e3,
-                        sec['torch'] * 1e3, 'ms', '<= 1.0'))
+        what = ', batch norm + dropout 0.2 + AdamW' if recipe else ''
+        rows.append(row(f'NumPy / PyTorch step, {name} at batch {batch}{what}',
+                        sec['numpy'] * 1e3, sec['torch'] * 1e3, 'ms', '<= 1.0'))
         if 'matmul' in sec:
             rows.append(row(f'NumPy step {hidden} at batch {batch} / float32 matmul 2048^2',
                             mlp_step_flops(hidden, batch) / sec['numpy'] / 1e9,

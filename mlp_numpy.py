@@ -1,11 +1,13 @@
 """Multi-layer perceptron in NumPy, built from modules.py."""
 import numpy as np
 
-from modules import LinearModule, ReLUModule, SoftMaxModule
+from modules import BatchNormModule, DropoutModule, LinearModule, ReLUModule, SoftMaxModule
+
+INITS = ('course', 'kaiming')
 
 
 class MLP:
-    """Linear-ReLU ... Linear-ReLU, Linear-Softmax.
+    """Linear [-> BatchNorm] -> ReLU [-> Dropout] per hidden layer, then Linear -> Softmax.
 
     Args:
         n_inputs: features per example (3072 for flattened CIFAR-10 images).
@@ -14,20 +16,55 @@ class MLP:
         n_classes: number of classes.
         dtype: of the parameters; float32 for speed, float64 (the default, as the course's
             gradient checks expect) for exactness.
-        rng: numpy Generator for the weight initialisation.
+        rng: numpy Generator for the weight initialisation and the dropout masks.
+        batchnorm: a BatchNormModule after each hidden linear layer.
+        dropout: probability of dropping a hidden unit in training (0: no dropout layers).
+        init: 'course' draws weights from N(0, 0.0001^2) with zero biases; 'kaiming' draws
+            weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default
+            for nn.Linear (kaiming_uniform_ with a = sqrt(5)), as mlp_pytorch.MLP does.
     """
 
-    def __init__(self, n_inputs, n_hidden, n_classes, dtype=np.float64, rng=None):
+    def __init__(self, n_inputs, n_hidden, n_classes, dtype=np.float64, rng=None,
+                 batchnorm=False, dropout=0.0, init='course'):
+        if init not in INITS:
+            raise ValueError(f'init must be one of {", ".join(INITS)}, got {init!r}.')
         rng = np.random.default_rng() if rng is None else rng
-        sizes = [n_inputs, *n_hidden, n_classes]
-        self.layers = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            self.layers += [LinearModule(fan_in, fan_out, dtype=dtype, rng=rng), ReLUModule()]
-        self.layers[-1] = SoftMaxModule()
+        sizes, self.layers = [n_inputs, *n_hidden], []
+        for fan_in, fan_out in zip(sizes, n_hidden):
+            self.layers.append(self._linear(fan_in, fan_out, dtype, rng, init))
+            if batchnorm:
+                self.layers.append(BatchNormModule(fan_out, dtype=dtype))
+            self.layers.append(ReLUModule())
+            if dropout:
+                self.layers.append(DropoutModule(dropout, rng))
+        self.layers += [self._linear(sizes[-1], n_classes, dtype, rng, init), SoftMaxModule()]
+
+    @staticmethod
+    def _linear(fan_in, fan_out, dtype, rng, init):
+        layer = LinearModule(fan_in, fan_out, dtype=dtype, rng=rng)
+        if init == 'kaiming':
+            bound = 1 / np.sqrt(fan_in)
+            for param in layer.params.values():
+                param[...] = rng.uniform(-bound, bound, size=param.shape)
+        return layer
 
     @property
     def linear_layers(self):
         return [layer for layer in self.layers if isinstance(layer, LinearModule)]
+
+    def parameters(self):
+        """[(param, grad), ...] of every layer, for an optimizer (optimizers.py)."""
+        return [(layer.params[name], layer.grads[name])
+                for layer in self.layers if hasattr(layer, 'params') for name in layer.params]
+
+    def train(self, mode=True):
+        """Training mode (batch statistics, dropout on) or, with mode=False, evaluation."""
+        for layer in self.layers:
+            if hasattr(layer, 'training'):
+                layer.training = mode
+
+    def eval(self):
+        self.train(False)
 
     def forward(self, x):
         """x: (B, n_inputs) -> class probabilities (B, n_classes)."""
@@ -36,22 +73,19 @@ class MLP:
         return x
 
     def backward(self, dout, input_grad=True):
-        """dout: dL/d(probabilities), (B, n_classes). Fills every linear layer's grads and
-        returns dL/dx (B, n_inputs), or None with input_grad=False (training needs no dL/dx,
-        and skipping it saves a third of the first layer's backward work)."""
-        first, *rest = self.layers
-        for layer in reversed(rest):
-            dout = layer.backward(dout)
-        return first.backward(dout, input_grad=input_grad)
+        """dout: dL/d(probabilities), (B, n_classes). Fills every layer's grads and returns
+        dL/dx (B, n_inputs), or None with input_grad=False (training needs no dL/dx, and
+        skipping it saves a third of the first layer's backward work)."""
+        return self.backward_from_logits(self.layers[-1].backward(dout), input_grad)
 
-    def sgd_step(self, learning_rate):
-        """Plain gradient descent on every parameter, in place. Scales the gradients in
-        place (backward overwrites them anyway) instead of allocating lr * grad."""
-        for layer in self.linear_layers:
-            for name, param in layer.params.items():
-                grad = layer.grads[name]
-                grad *= learning_rate
-                param -= grad
+    def backward_from_logits(self, dlogits, input_grad=True):
+        """As backward, from dL/d(logits), the gradient at the softmax's input (B, n_classes).
+        For the cross-entropy of a softmax dL/dlogits = (probs - t) / B, which stays exact
+        where a probability underflows to 0 (train_mlp_numpy.train_step)."""
+        first, *rest = self.layers[:-1]
+        for layer in reversed(rest):
+            dlogits = layer.backward(dlogits)
+        return first.backward(dlogits, input_grad=input_grad)
 
     def __repr__(self):
         shapes = [layer.params['weight'].shape[::-1] for layer in self.linear_layers]

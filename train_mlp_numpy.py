@@ -1,7 +1,8 @@
-"""Trains the NumPy MLP on CIFAR-10 with plain mini-batch SGD.
+"""Trains the NumPy MLP on CIFAR-10: plain mini-batch SGD by default, or batch norm, dropout,
+Adam(W) and a learning-rate schedule, all written by hand (modules.py, optimizers.py).
 
-    python train_mlp_numpy.py                                   # the course defaults
-    python train_mlp_numpy.py --dnn_hidden_units 1000,1000 --batch_size 512
+    python train_mlp_numpy.py                    # the course defaults: SGD, as in the course
+    python train_mlp_numpy.py --preset best      # train_mlp_pytorch.py's best recipe, in NumPy
 
 Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
 """
@@ -10,8 +11,16 @@ import sys
 import numpy as np
 
 import cifar10_utils
-from command_line import cli, hidden_units, make_parser
-from mlp_numpy import MLP
+import optimizers
+from command_line import (
+    cli,
+    hidden_units,
+    make_parser,
+    non_negative_float,
+    non_negative_int,
+    parse_with_preset,
+)
+from mlp_numpy import INITS, MLP
 from modules import CrossEntropyModule
 from train_utils import Run
 
@@ -22,50 +31,95 @@ MAX_STEPS_DEFAULT = 1500
 BATCH_SIZE_DEFAULT = 200
 EVAL_FREQ_DEFAULT = 100
 
+# train_mlp_pytorch.py's preset, the same recipe in NumPy.
+PRESETS = {
+    'best': dict(dnn_hidden_units=[1024, 1024], optimizer='adamw', learning_rate=1e-3,
+                 weight_decay=1e-2, dropout=0.2, batchnorm='numpy', lr_schedule='onecycle',
+                 augment=True, augment_padding=0, init='kaiming', batch_size=256,
+                 max_steps=5500, eval_freq=500),
+}
 
-def train_step(model, loss_module, x, y, learning_rate):
-    """One SGD update of model on a batch; returns the batch's loss before the update.
+
+def make_optimizer(name, params, learning_rate, momentum=0.0, weight_decay=0.0):
+    """optimizers.py's SGD, Adam or AdamW (whose weight decay is decoupled from the gradient),
+    as train_mlp_pytorch.py makes torch.optim's."""
+    if name == 'sgd':
+        return optimizers.SGD(params, learning_rate, momentum, weight_decay=weight_decay)
+    if name in ('adam', 'adamw'):
+        adam = optimizers.Adam if name == 'adam' else optimizers.AdamW
+        return adam(params, learning_rate, weight_decay=weight_decay)
+    raise ValueError(f'optimizer must be one of sgd, adam, adamw, got {name!r}.')
+
+
+def make_schedule(name, optimizer, max_steps):
+    """A learning-rate schedule stepped once per training step, or None for a constant rate."""
+    if name == 'cosine':
+        return optimizers.CosineAnnealingLR(optimizer, T_max=max_steps)
+    if name == 'onecycle':
+        return optimizers.OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=max_steps)
+    if name != 'constant':
+        raise ValueError(f'lr_schedule must be one of constant, cosine, onecycle, got {name!r}.')
+    return None
+
+
+def train_step(model, loss_module, optimizer, x, y):
+    """One update of model on a batch; returns the batch's loss before the update.
 
     x: float32 (B, 3072) images; y: one-hot (B, 10) labels.
     """
     probs = model.forward(x)
     loss = loss_module.forward(probs, y)
-    model.backward(loss_module.backward(probs, y), input_grad=False)  # dL/dx is not needed
-    model.sgd_step(learning_rate)
+    dlogits = model.layers[-1].backward(loss_module.backward(probs, y))  # through the softmax
+    # Where a target's probability underflowed (below the smallest normal float) that chain
+    # gives 0 or worse; there the two backward passes in one, (probs - y) / B, are exact.
+    lost = np.sum(probs * y, axis=1) < np.finfo(probs.dtype).tiny
+    dlogits[lost] = (probs[lost] - y[lost]) / len(y)
+    model.backward_from_logits(dlogits, input_grad=False)  # dL/dx is not needed
+    optimizer.step()
     return loss
 
 
 def evaluate(model, loss_module, x, y, batch_size=5000):
-    """Mean loss and accuracy of model on (x, y), batch_size rows at a time to bound memory."""
+    """Mean loss and accuracy of model on (x, y) in evaluation mode (dropout off, batch norm on
+    its running statistics), batch_size rows at a time to bound memory."""
+    model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         probs = model.forward(x[start:start + batch_size])
         targets = y[start:start + batch_size]
         total_loss += loss_module.forward(probs, targets) * len(targets)
         correct += np.sum(probs.argmax(axis=1) == targets.argmax(axis=1))
+    model.train()
     return total_loss / len(x), correct / len(x)
 
 
 def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
           max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
           eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
-          overwrite=False):
-    """Trains an MLP with SGD and returns the metrics written to out_dir/metrics.json.
+          optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
+          init='course', lr_schedule='constant', augment=False, augment_padding=4,
+          preset=None, overwrite=False):
+    """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
-    dnn_hidden_units: '100,100'-style string or a list of ints.
+    dnn_hidden_units: '100,100'-style string or a list of ints. batchnorm: 'none' or 'numpy'
+    (modules.BatchNormModule). preset only records which preset the flags came from.
     """
     flags = dict(locals())  # every argument, as metrics.json records them
     if isinstance(dnn_hidden_units, str):
         flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
     run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite)  # checks out_dir
-    rng = np.random.default_rng(seed)
+    if batchnorm not in ('none', 'numpy'):
+        raise ValueError(f"batchnorm must be one of none, numpy, got {batchnorm!r}.")
+    # float32 throughout: half the memory traffic of float64 and twice the BLAS rate.
+    model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES, dtype=np.float32,
+                rng=np.random.default_rng(seed), batchnorm=batchnorm == 'numpy',
+                dropout=dropout, init=init)
+    opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
+    schedule = make_schedule(lr_schedule, opt, max_steps)
     data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed)
     train_set, test_set = data['train'], data['test']
     x_test = test_set.images.reshape(len(test_set.images), -1)
-    # float32 throughout: half the memory traffic of float64 and twice the BLAS rate.
-    model = MLP(x_test.shape[1], dnn_hidden_units, test_set.labels.shape[1],
-                dtype=np.float32, rng=rng)
     loss_module = CrossEntropyModule()
 
     # A diverging run overflows on its way to a NaN loss, which the run reports.
@@ -74,20 +128,41 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
             if run.stop_requested:
                 raise KeyboardInterrupt  # Ctrl-C, answered between two steps
             x, y = train_set.next_batch(batch_size)
-            loss = train_step(model, loss_module, x.reshape(batch_size, -1), y, learning_rate)
+            if augment:
+                x = cifar10_utils.random_crop_flip(x, train_set.rng, augment_padding)
+            loss = train_step(model, loss_module, opt, x.reshape(batch_size, -1), y)
             run.log_step(step, loss)
+            if schedule is not None:
+                schedule.step()
             if step % eval_freq == 0 or step == max_steps:
                 run.log_eval(step, *evaluate(model, loss_module, x_test, test_set.labels))
     return run.metrics
 
 
 def main(argv=None):
-    parser = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
-                         EVAL_FREQ_DEFAULT)
-    parser.add_argument('--dnn_hidden_units', type=hidden_units,
-                        default=DNN_HIDDEN_UNITS_DEFAULT,
-                        help='comma-separated sizes of the hidden layers, e.g. 500,500')
-    return cli(train, parser.parse_args(argv))
+    p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
+                    EVAL_FREQ_DEFAULT, PRESETS)
+    p.add_argument('--dnn_hidden_units', type=hidden_units, default=DNN_HIDDEN_UNITS_DEFAULT,
+                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
+    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd')
+    p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
+    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+                   help='weight decay (decoupled for adamw, L2 otherwise)')
+    p.add_argument('--dropout', type=non_negative_float, default=0.0,
+                   help='dropout probability after each hidden layer, in [0, 1)')
+    p.add_argument('--batchnorm', choices=('none', 'numpy'), default='none',
+                   help='batch normalization after each hidden linear layer (numpy: '
+                        'modules.BatchNormModule)')
+    p.add_argument('--init', choices=INITS, default='course',
+                   help="course: weights N(0, 0.0001^2); kaiming: PyTorch's default for "
+                        'nn.Linear, as train_mlp_pytorch.py --init kaiming')
+    p.add_argument('--lr_schedule', choices=('constant', 'cosine', 'onecycle'),
+                   default='constant', help='learning-rate schedule over max_steps')
+    p.add_argument('--augment', action='store_true',
+                   help='random crops (after zero padding) and horizontal flips of each batch')
+    p.add_argument('--augment_padding', type=non_negative_int, default=4,
+                   help='padding of the random crops of --augment; 0: flips only')
+    return cli(train, parse_with_preset(p, argv, PRESETS))
 
 
 if __name__ == '__main__':

@@ -19,7 +19,14 @@ from custom_batchnorm import (
 )
 from gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 from mlp_numpy import MLP
-from modules import CrossEntropyModule, LinearModule, ReLUModule, SoftMaxModule
+from modules import (
+    BatchNormModule,
+    CrossEntropyModule,
+    DropoutModule,
+    LinearModule,
+    ReLUModule,
+    SoftMaxModule,
+)
 
 TOL = 1e-5
 
@@ -138,31 +145,93 @@ class TestLayers(GradientCase):
                 self.assertEqual(grad.dtype, np.float32)
 
 
+class TestBatchNorm(GradientCase):
+
+    def make(self, n, d):
+        """A batch far from zero mean and unit variance, and a module with non-trivial gamma
+        and beta (at gamma = 1, beta = 0 a wrong dgamma or dbeta could still pass)."""
+        x = self.rng.standard_normal((n, d)) * 3 + 2
+        bn = BatchNormModule(d)
+        bn.params['gamma'] = self.rng.standard_normal(d)
+        bn.params['beta'] = self.rng.standard_normal(d)
+        return x, bn
+
+    def check(self, bn, x, mode):
+        out = bn.forward(x)
+        dout = self.rng.standard_normal(out.shape)
+        dx = bn.backward(dout)
+        self.assertGradClose(dx, eval_numerical_gradient_array(bn.forward, x, dout),
+                             f'BatchNormModule dx ({mode})')
+        for name in ('gamma', 'beta'):
+            num = eval_numerical_gradient_array(lambda _: bn.forward(x), bn.params[name], dout)
+            self.assertGradClose(bn.grads[name], num, f'BatchNormModule d{name} ({mode})')
+
+    def test_batchnorm_backward_training(self):
+        x, bn = self.make(8, 5)
+        out = bn.forward(x)
+        np.testing.assert_allclose(out.mean(axis=0), bn.params['beta'], atol=1e-12)
+        np.testing.assert_allclose(out.std(axis=0), np.abs(bn.params['gamma']), rtol=1e-5)
+        self.check(bn, x, 'training')
+
+    def test_batchnorm_backward_evaluation(self):
+        x, bn = self.make(8, 5)
+        bn.running_mean = self.rng.standard_normal(5)
+        bn.running_var = self.rng.uniform(0.5, 2.0, size=5)
+        bn.training = False
+        self.check(bn, x, 'evaluation')
+
+
+class TestDropout(GradientCase):
+
+    def test_dropout_backward(self):
+        """A fresh module with the same seed draws the same mask, so the numerical gradient
+        differentiates the very function whose backward is checked."""
+        p, seed = 0.4, 7
+        x = self.rng.standard_normal((6, 9))
+        dropout = DropoutModule(p, rng=np.random.default_rng(seed))
+        out = dropout.forward(x)
+        self.assertTrue(0 < np.count_nonzero(out) < out.size)  # some units dropped, some kept
+        dout = self.rng.standard_normal(out.shape)
+        dx = dropout.backward(dout)
+        dx_num = eval_numerical_gradient_array(
+            lambda xx: DropoutModule(p, rng=np.random.default_rng(seed)).forward(xx), x, dout)
+        self.assertGradClose(dx, dx_num, 'DropoutModule dx')
+
+
 class TestMLP(GradientCase):
 
-    def check_mlp(self, n_hidden):
+    def check_mlp(self, n_hidden, **options):
         n, d, c = 6, 10, 4
         x = self.rng.standard_normal((n, d))
         y = random_targets(self.rng, n, c)
-        model = MLP(d, n_hidden, c, rng=self.rng)
+        model = MLP(d, n_hidden, c, rng=self.rng, **options)
         # The course's N(0, 1e-4^2) weights make every gradient tiny and every hidden unit
         # sit next to ReLU's kink; unit-scale weights test the same code where it is smooth.
         for layer in model.linear_layers:
             for p in layer.params.values():
                 p[...] = self.rng.standard_normal(p.shape) / np.sqrt(p.shape[-1])
         loss_module = CrossEntropyModule()
+        dropouts = [layer for layer in model.layers if isinstance(layer, DropoutModule)]
 
         def loss():
+            for dropout in dropouts:  # the same masks at every evaluation
+                dropout.rng = np.random.default_rng(7)
             return loss_module.forward(model.forward(x), y)
 
-        probs = model.forward(x)
-        dx = model.backward(loss_module.backward(probs, y))
+        loss()
+        dx = model.backward(loss_module.backward(model.layers[-1].out, y))
         self.assertGradClose(dx, eval_numerical_gradient(lambda _: loss(), x), 'MLP dx')
-        for i, layer in enumerate(model.linear_layers):
-            for name, p in layer.params.items():
+        for i, layer in enumerate(model.layers):
+            for name, p in getattr(layer, 'params', {}).items():
                 analytic = layer.grads[name].copy()
                 numeric = eval_numerical_gradient(lambda _: loss(), p)
-                self.assertGradClose(analytic, numeric, f'MLP layer {i} d{name}')
+                what = f'MLP layer {i} ({type(layer).__name__}) d{name}'
+                if name == 'bias' and isinstance(model.layers[i + 1], BatchNormModule):
+                    # Batch norm subtracts the batch mean, bias included: the gradient is 0,
+                    # and a relative error between two roundings of 0 means nothing.
+                    self.assertLess(np.abs(analytic).max() + np.abs(numeric).max(), 1e-8, what)
+                else:
+                    self.assertGradClose(analytic, numeric, what)
 
     def test_mlp_two_hidden_layers(self):
         self.check_mlp([7, 5])
@@ -172,6 +241,10 @@ class TestMLP(GradientCase):
 
     def test_softmax_classifier(self):
         self.check_mlp([])
+
+    def test_mlp_with_batchnorm_and_dropout(self):
+        """Training mode: batch statistics, and dropout masks held fixed."""
+        self.check_mlp([8, 7], batchnorm=True, dropout=0.3)
 
     def test_backward_without_input_gradient(self):
         x = self.rng.standard_normal((5, 6))

@@ -138,9 +138,12 @@ def load_config(runs_path):
                           f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.', 2)
     runs = {name: folder(entry, f'runs.{name}', name) for name, entry in raw['runs'].items()}
     folders = {os.path.normpath(run.path): run for run in runs.values()}
-    modifications = [(row.label, folders.setdefault(os.path.normpath(row.path), row))
-                     for i, entry in enumerate(raw.get('modifications', []))
-                     for row in [folder(entry, f'modifications[{i}]')]]
+    modifications = []  # (label, PyTorch run, the same row run in NumPy or None)
+    for i, entry in enumerate(raw.get('modifications', [])):
+        row = folder(entry, f'modifications[{i}]')
+        twin = 'numpy' in entry and folder(entry['numpy'], f'modifications[{i}].numpy')
+        modifications.append((row.label, folders.setdefault(os.path.normpath(row.path), row),
+                              twin and folders.setdefault(os.path.normpath(twin.path), twin)))
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
     return Config(runs, grid, modifications, [*folders.values(), grid])
 
@@ -242,7 +245,7 @@ def write_tables(config, out):
     base = config.modifications[0][1] if config.modifications else None
     rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
              flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:4]]
-            for i, (label, run) in enumerate(config.modifications)]
+            for i, (label, run, _) in enumerate(config.modifications)]
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
     write(f'{out}/modifications.tex', tex_tabular(
         r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
@@ -251,6 +254,13 @@ def write_tables(config, out):
     write(f'{out}/modifications.md', tabulate(
         [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
         ['modification', 'flags changed', *head, 'time'], 'github', disable_numparse=True) + '\n')
+
+    # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
+    write(f'{out}/numpy_ladder.tex', tex_tabular(
+        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
+        ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
+        [[label, run_row(run)[0], *(run_row(twin)[i] for i in (0, 2, 3))]
+         for label, run, twin in config.modifications if twin]))
 
     write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
         r'\begin{description}\setlength\itemsep{2pt}',

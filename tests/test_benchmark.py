@@ -33,6 +33,8 @@ def test_quick_run_prints_its_table_and_writes_json(tmp_path):
                 'NumPy / PyTorch step, [1000, 1000] at batch 512',
                 'NumPy step [1000, 1000] at batch 512 / float32 matmul 2048^2',
                 'NumPy / PyTorch step, [500] x 4 at batch 400',
+                'NumPy / PyTorch step, [1024, 1024] at batch 256, batch norm + dropout 0.2 + '
+                'AdamW',
                 'ConvNet evaluation / training throughput, cpu']
     # Loading and a whole run need the real CIFAR-10 (CIFAR10_DIR); skipped with a message.
     has_data = 'skipped' not in result.stderr

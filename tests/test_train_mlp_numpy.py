@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+import optimizers
 import train_mlp_numpy
 from mlp_numpy import MLP
+from modules import CrossEntropyModule
 
 SCHEMA = {'script', 'out_dir', 'command', 'flags', 'status', 'steps', 'train_loss',
           'eval_steps', 'test_loss', 'test_accuracy', 'final_test_accuracy',
@@ -64,12 +66,12 @@ def test_diverging_run_stops_with_advice(fake_cifar, tmp_path):
 def test_ctrl_c_saves_the_metrics(fake_cifar, tmp_path, monkeypatch):
     calls = []
 
-    def interrupt_at_third_step(self, learning_rate):
+    def interrupt_at_third_step(self):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(MLP, 'sgd_step', interrupt_at_third_step)
+    monkeypatch.setattr(optimizers.SGD, 'step', interrupt_at_third_step)
     out = tmp_path / 'run'
     with pytest.raises(KeyboardInterrupt):
         train_mlp_numpy.train('10', max_steps=50, batch_size=20, eval_freq=1,
@@ -152,3 +154,24 @@ def test_default_run_on_real_data(real_cifar, tmp_path):
     metrics = train_mlp_numpy.train(data_dir=real_cifar, out_dir=str(tmp_path / 'run'))
     assert metrics['flags']['dnn_hidden_units'] == [100]
     assert metrics['final_test_accuracy'] >= 0.44, metrics['test_accuracy']
+
+
+def test_train_step_where_a_probability_underflows():
+    """A float32 softmax classifier whose first sample's target probability underflows to 0
+    (logits 200 apart): the loss stays finite and the gradient is (probs - t) / B, where the
+    chained backward passes would give 0 for that sample."""
+    model = MLP(2, [], 3, dtype=np.float32, rng=np.random.default_rng(0))
+    linear = model.layers[0]
+    linear.params['weight'][...] = [[100, 0], [0, 1], [-100, 0]]
+    x = np.array([[2, 0], [0.01, 1]], dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[[2, 1]]
+    logits = x.astype(np.float64) @ linear.params['weight'].T
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert np.float32(probs[0, 2]) == 0
+    loss = train_mlp_numpy.train_step(model, CrossEntropyModule(), optimizers.SGD(
+        model.parameters(), 1e-9), x, y)
+    assert 40 < loss < 50  # finite: (-log of the smallest float32, 87, + a small loss) / 2
+    dlogits = (probs - y) / len(x)
+    np.testing.assert_allclose(linear.grads['weight'], dlogits.T @ x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(linear.grads['bias'], dlogits.sum(axis=0), rtol=1e-5, atol=1e-6)

@@ -10,12 +10,9 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-import mlp_numpy
-import train_mlp_numpy
 import train_mlp_pytorch
 from custom_batchnorm import CustomBatchNormAutograd, CustomBatchNormManualModule
 from mlp_pytorch import MLP
-from modules import CrossEntropyModule
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -57,32 +54,6 @@ def test_options_build_the_layers(batchnorm, cls):
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MLP(4, [3], 2, **kwargs)
-
-
-def test_matches_the_numpy_mlp_step_for_step():
-    """Same weights, same batches: the two scripts' train_step give the same losses and
-    weights."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((16, 20))
-    y = rng.integers(0, 4, 16)
-    ref = mlp_numpy.MLP(20, [9, 7], 4, rng=rng)
-    model = MLP(20, [9, 7], 4).double()
-    linears = [m for m in model.layers if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for lin, ref_lin in zip(linears, ref.linear_layers):
-            ref_lin.params['weight'][:] = rng.standard_normal(ref_lin.params['weight'].shape)
-            lin.weight.copy_(torch.from_numpy(ref_lin.params['weight']))
-            lin.bias.copy_(torch.from_numpy(ref_lin.params['bias']))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ce = CrossEntropyModule()
-    onehot = np.eye(4)[y]
-    for _ in range(3):
-        ref_loss = train_mlp_numpy.train_step(ref, ce, x, onehot, learning_rate=0.1)
-        loss = train_mlp_pytorch.train_step(model, opt, torch.from_numpy(x), torch.from_numpy(y))
-        assert abs(loss - ref_loss) < 1e-12
-    for lin, ref_lin in zip(linears, ref.linear_layers):
-        np.testing.assert_allclose(lin.weight.detach().numpy(), ref_lin.params['weight'],
-                                   rtol=0, atol=1e-12)
 
 
 def test_evaluation_uses_eval_mode():
