@@ -1,7 +1,7 @@
 """Speed of the training code, side by side in one process: NumPy MLP steps against PyTorch's
 and against NumPy's matmul rate, loading CIFAR-10, a whole default NumPy run, ConvNet evaluation
-against training. Times are torch.utils.benchmark medians of the train scripts' own step
-functions, in alternating rounds so that a busy machine slows all alike.
+against training and bfloat16 against float32. Times are torch.utils.benchmark medians of the
+train scripts' own step functions, in alternating rounds so that a busy machine slows all alike.
 
     python benchmark.py [--quick] [--out report/benchmark.json]   # the table (and its JSON)
 """
@@ -27,7 +27,7 @@ import train_mlp_numpy
 import train_mlp_pytorch
 from convnet_pytorch import ConvNet
 from modules import CrossEntropyModule
-from train_utils import select_device, write_json
+from train_utils import autocast_dtype, select_device, write_json
 
 N_INPUTS, N_CLASSES = 3072, 10
 # (hidden, batch, recipe): [0] a default train_mlp_numpy.py run's network and batch; [1] set
@@ -110,7 +110,8 @@ def bench_mlp(quick):
 
 
 def bench_convnet(quick, device):
-    """The ConvNet's evaluate against its train_step, in images/s, on random images."""
+    """The ConvNet's train_step and evaluate, in images/s on random images, in float32 and,
+    where the device has it, under bfloat16 autocast (--amp)."""
     dev = select_device(device)
     n_eval = {(True, 'cpu'): 500, (False, 'cpu'): 2000}.get((quick, dev.type), 10000)
     batch, lr = convnet_script.BATCH_SIZE_DEFAULT, convnet_script.LEARNING_RATE_DEFAULT
@@ -119,11 +120,21 @@ def bench_convnet(quick, device):
     labels = rng.integers(0, N_CLASSES, n_eval)
     x, y = (torch.from_numpy(a[:batch]).to(dev) for a in (images, labels))
     opt = convnet_script.make_optimizer('ADAM', model.parameters(), lr)
-    sec = compare({'train': partial(convnet_script.train_step, model, opt, x, y),
-                   'eval': partial(convnet_script.evaluate, model, images, labels, dev)},
-                  *((1, 0.1) if quick else (5, 2.0)))
-    return [row(f'ConvNet evaluation / training throughput, {dev.type}',
-                n_eval / sec['eval'], batch / sec['train'], 'images/s', '>= 2.5')]
+    bf16 = autocast_dtype(dev, amp=True) == torch.bfloat16
+    fns = {}
+    for dtype, amp_dtype in [('float32', None), *([('bfloat16', torch.bfloat16)] if bf16 else [])]:
+        fns[f'train {dtype}'] = partial(convnet_script.train_step, model, opt, x, y, amp_dtype)
+        fns[f'eval {dtype}'] = partial(convnet_script.evaluate, model, images, labels, dev,
+                                       amp_dtype=amp_dtype)
+    sec = compare(fns, *((1, 0.1) if quick else (5, 2.0)))
+    rows = [row(f'ConvNet evaluation / training throughput, {dtype}, {dev.type}',
+                n_eval / sec[f'eval {dtype}'], batch / sec[f'train {dtype}'], 'images/s',
+                '>= 3') for dtype in ('float32', 'bfloat16') if f'eval {dtype}' in sec]
+    if bf16:
+        rows.append(row(f'ConvNet training step at batch {batch}, bfloat16 / float32, '
+                        f'{dev.type}', sec['train bfloat16'] * 1e3, sec['train float32'] * 1e3,
+                        'ms', '< 1.0'))
+    return rows
 
 
 def run_python(*args):

@@ -27,6 +27,22 @@ def select_device(name='auto'):
     return torch.device('cuda' if name == 'auto' else name)
 
 
+def autocast_dtype(device, amp):
+    """The dtype --amp computes in on device, None for float32: on a GPU bfloat16 where it
+    has it, else float16; on a CPU bfloat16 where it has native support (AVX512-BF16 or AMX,
+    which the convolutions use), else None with a warning: emulated it would be slower."""
+    import torch
+    if not amp:
+        return None
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    print('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
+          'float32.', file=sys.stderr)
+    return None
+
+
 class Run:
     """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import torch
 from conftest import ROOT
 
 import benchmark
@@ -35,7 +36,10 @@ def test_quick_run_prints_its_table_and_writes_json(tmp_path):
                 'NumPy / PyTorch step, [500] x 4 at batch 400',
                 'NumPy / PyTorch step, [1024, 1024] at batch 256, batch norm + dropout 0.2 + '
                 'AdamW',
-                'ConvNet evaluation / training throughput, cpu']
+                'ConvNet evaluation / training throughput, float32, cpu']
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        expected += ['ConvNet evaluation / training throughput, bfloat16, cpu',
+                     'ConvNet training step at batch 32, bfloat16 / float32, cpu']
     # Loading and a whole run need the real CIFAR-10 (CIFAR10_DIR); skipped with a message.
     has_data = 'skipped' not in result.stderr
     assert [n for n in names if 'get_cifar10' not in n and 'train_mlp_numpy' not in n] == expected

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import train_convnet_pytorch
@@ -207,14 +208,58 @@ def test_diverging_run_stops_with_advice(fake_cifar, small_convnet, tmp_path):
 def test_cuda_without_a_gpu_falls_back_to_the_cpu(fake_cifar, small_convnet, tmp_path,
                                                   monkeypatch, capsys, cli_name):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for check in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'):  # an older CPU
+        monkeypatch.setattr(torch.cpu, check, lambda: False)
     assert train_convnet_pytorch.main(
         ['--device', 'cuda', '--amp', '--max_steps', '1', '--batch_size', '10',
          '--data_dir', fake_cifar, '--out_dir', str(tmp_path / 'run')]) == 0
     err = capsys.readouterr().err.splitlines()
     assert 'warning: no CUDA GPU is available; using the CPU.' in err
-    assert 'warning: --amp applies on CUDA only; training in float32 on the CPU.' in err
+    assert ('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
+            'float32.') in err
     with open(tmp_path / 'run' / 'metrics.json') as f:
-        assert json.load(f)['device'] == 'cpu'
+        metrics = json.load(f)
+    assert metrics['device'] == 'cpu' and metrics['precision'] == 'float32'
+
+
+@pytest.mark.skipif(not (torch.cpu._is_avx512_bf16_supported()
+                         or torch.cpu._is_amx_tile_supported()),
+                    reason='needs a CPU with native bfloat16')
+def test_amp_on_the_cpu_trains_in_bfloat16_and_resumes_exactly(fake_cifar, small_convnet,
+                                                                 tmp_path, capsys):
+    kwargs = dict(amp=True, device='cpu', learning_rate=1e-3, batch_size=20, eval_freq=2,
+                  data_dir=fake_cifar)
+    straight = train(max_steps=4, out_dir=str(tmp_path / 'straight'), **kwargs)
+    assert straight['precision'] == 'bfloat16' and 'warning' not in capsys.readouterr().err
+    train(max_steps=2, out_dir=str(tmp_path / 'halves'), **kwargs)
+    resumed = train(max_steps=4, resume=str(tmp_path / 'halves' / 'last.pt'), **kwargs)
+    assert resumed['train_loss'] == straight['train_loss']
+    assert_same_tensors(checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
+                        checkpoint_tensors(tmp_path / 'halves' / 'last.pt'))
+
+
+def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
+    """evaluate() runs a copy with each batch norm folded into its convolution: the same
+    numbers as the model itself in eval mode, and the model is left as it was, in training
+    mode."""
+    torch.manual_seed(0)
+    model = train_convnet_pytorch.ConvNet(3, 10)
+    model(torch.randn(64, 3, 32, 32))  # moves the running statistics away from 0 and 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 60, (50, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, 50)
+    loss, accuracy = train_convnet_pytorch.evaluate(model, images, labels, torch.device('cpu'),
+                                                    batch_size=20)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images))
+    model.train()
+    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(),
+                                 rel=1e-4)
+    assert accuracy == (logits.argmax(1).numpy() == labels).mean()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
