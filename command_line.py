@@ -68,6 +68,31 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     return p
 
 
+def add_mlp_flags(p, dnn_hidden_units, batchnorms):
+    """The flags of both MLP scripts, with the same names and meanings; batchnorms: the
+    choices of --batchnorm ('none' first), each explained in the script's help."""
+    p.add_argument('--dnn_hidden_units', type=hidden_units, default=dnn_hidden_units,
+                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
+    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd')
+    p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
+    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+                   help='weight decay (decoupled for adamw, L2 otherwise)')
+    p.add_argument('--dropout', type=non_negative_float, default=0.0,
+                   help='dropout probability after each hidden layer, in [0, 1)')
+    p.add_argument('--batchnorm', choices=tuple(batchnorms), default='none',
+                   help='batch normalization after each hidden linear layer: '
+                        + ', '.join(f'{k} ({v})' for k, v in batchnorms.items() if k != 'none'))
+    p.add_argument('--init', choices=('course', 'kaiming'), default='course',
+                   help="course: weights N(0, 0.0001^2), zero biases; kaiming: PyTorch's "
+                        'default for nn.Linear, U(+-1/sqrt(fan_in))')
+    p.add_argument('--lr_schedule', choices=('constant', 'cosine', 'onecycle'),
+                   default='constant', help='learning-rate schedule over max_steps')
+    p.add_argument('--augment', action='store_true',
+                   help='random crops (after zero padding) and horizontal flips of each batch')
+    p.add_argument('--augment_padding', type=non_negative_int, default=4,
+                   help='padding of the random crops of --augment; 0: flips only')
+
+
 def parse_with_preset(parser, argv, presets):
     """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
     preset = parser.parse_known_args(argv)[0].preset

@@ -12,15 +12,8 @@ import numpy as np
 
 import cifar10_utils
 import optimizers
-from command_line import (
-    cli,
-    hidden_units,
-    make_parser,
-    non_negative_float,
-    non_negative_int,
-    parse_with_preset,
-)
-from mlp_numpy import INITS, MLP
+from command_line import add_mlp_flags, cli, hidden_units, make_parser, parse_with_preset
+from mlp_numpy import MLP
 from modules import CrossEntropyModule
 from train_utils import Run
 
@@ -142,26 +135,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
 def main(argv=None):
     p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
                     EVAL_FREQ_DEFAULT, PRESETS)
-    p.add_argument('--dnn_hidden_units', type=hidden_units, default=DNN_HIDDEN_UNITS_DEFAULT,
-                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
-    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd')
-    p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
-    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
-                   help='weight decay (decoupled for adamw, L2 otherwise)')
-    p.add_argument('--dropout', type=non_negative_float, default=0.0,
-                   help='dropout probability after each hidden layer, in [0, 1)')
-    p.add_argument('--batchnorm', choices=('none', 'numpy'), default='none',
-                   help='batch normalization after each hidden linear layer (numpy: '
-                        'modules.BatchNormModule)')
-    p.add_argument('--init', choices=INITS, default='course',
-                   help="course: weights N(0, 0.0001^2); kaiming: PyTorch's default for "
-                        'nn.Linear, as train_mlp_pytorch.py --init kaiming')
-    p.add_argument('--lr_schedule', choices=('constant', 'cosine', 'onecycle'),
-                   default='constant', help='learning-rate schedule over max_steps')
-    p.add_argument('--augment', action='store_true',
-                   help='random crops (after zero padding) and horizontal flips of each batch')
-    p.add_argument('--augment_padding', type=non_negative_int, default=4,
-                   help='padding of the random crops of --augment; 0: flips only')
+    add_mlp_flags(p, DNN_HIDDEN_UNITS_DEFAULT, {'none': '', 'numpy': 'modules.BatchNormModule'})
     return cli(train, parse_with_preset(p, argv, PRESETS))
 
 
