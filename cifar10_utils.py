@@ -259,9 +259,11 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         data_dir: folder with data_batch_1..5 and test_batch; default $CIFAR10_DIR or
             cifar10/cifar-10-batches-py. Downloaded there when missing (see the module doc).
         one_hot: labels as float32 one-hot (N, 10) if True, else int64 (N,).
-        validation_size: how many of the first training images form the validation set.
+        validation_size: how many training images are held out as the validation set, drawn
+            stratified (each class in its share) by the seed; the rest stay in order.
         download: whether a missing dataset may be downloaded.
-        seed: seeds the shuffling of next_batch, for reproducible runs.
+        seed: seeds the validation draw and the shuffling of next_batch, for reproducible
+            runs.
     Raises ValueError (a bad validation_size), CIFAR10Error (data not found, downloaded or read).
     """
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
@@ -275,21 +277,31 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     if not 0 <= v < n_train:
         raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
                          f'training set has {n_train} images), got {validation_size!r}.')
-    # The mean of all but the first v images is summed in float64 (exact) from the uint8 rows,
-    # a pass over 150 MB instead of over the 600 MB of float32 images.
-    total = sum(x[max(0, v - s):].sum(axis=0, dtype=np.float64) for (x, _), s in zip(train, starts))
+    labels = np.concatenate([y for _, y in train])
+    seeds = np.random.SeedSequence(seed).spawn(4) if seed is not None else [None] * 4
+    held_out = np.zeros(n_train, dtype=bool)
+    if v:  # stratified: each class gives its share of the v images, the seed picks which
+        order, rank = np.random.default_rng(seeds[3]).permutation(n_train), np.empty(n_train)
+        for c in range(N_CLASSES):
+            members = order[labels[order] == c]
+            rank[members] = (np.arange(len(members)) + 0.5) / len(members)  # place in class
+        held_out[np.argsort(rank, kind='stable')[:v]] = True
+    # The mean of the training images that stay is summed in float64 (exact) from the uint8
+    # rows, a pass over 150 MB instead of over the 600 MB of float32 images.
+    total = sum((x[~held_out[s:e]] if v else x).sum(axis=0, dtype=np.float64)
+                for (x, _), s, e in zip(train, starts, starts[1:]))
     mean_image = (total / (n_train - v)).astype(np.float32)
     images = np.empty((n_train, *IMAGE_SHAPE), np.float32)
     # Convert and subtract in one pass straight into the final array: no uint8 or float32 copy.
     for (x, _), s, e in zip(train, starts, starts[1:]):
         np.subtract(x, mean_image, out=images[s:e])
-    labels = np.concatenate([y for _, y in train])
-    splits = {'train': (images[v:], labels[v:]), 'validation': (images[:v], labels[:v]),
+    train_split = (images[~held_out], labels[~held_out]) if v else (images, labels)
+    splits = {'train': train_split, 'validation': (images[held_out], labels[held_out]),
               'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
     encode = dense_to_one_hot if one_hot else (lambda y: y)
     seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
     return {name: DataSet(x, encode(y), seed=s)
-            for (name, (x, y)), s in zip(splits.items(), seeds)}
+            for (name, (x, y)), s in zip(splits.items(), seeds[:3])}
 
 
 read_data_sets = get_cifar10  # the same loader under its other public name

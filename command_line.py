@@ -56,6 +56,10 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
                    help='evaluate on the whole test set every this many steps (and at the end)')
     p.add_argument('--data_dir', help='folder with the CIFAR-10 batch files, downloaded there '
                    'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)')
+    p.add_argument('--validation_size', type=non_negative_int, default=0,
+                   help='hold out this many training images (stratified, drawn by the seed) '
+                        'for the evaluations during training (and what they choose); the test '
+                        'set is then evaluated once, at the end')
     p.add_argument('--seed', type=int, default=42,
                    help='seed of the initialisation and of the batch order')
     p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '

@@ -5,9 +5,9 @@
     python train_convnet_pytorch.py --resume runs/RUN/last.pt   # continues an interrupted run
 
 Writes metrics.json, curves.png and the checkpoints last.pt and best.pt (the highest test
-accuracy so far) to --out_dir (default: a new folder under runs/) at every evaluation. Ctrl-C
-saves last.pt at the last completed step; --resume continues from it and ends with the same
-weights as a run that was never interrupted.
+accuracy so far; with --validation_size, validation accuracy) to --out_dir (default: a new
+folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last completed step;
+--resume continues from it and ends with the same weights as a run that was never interrupted.
 """
 import os
 import sys
@@ -39,7 +39,7 @@ PRESETS = {
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
 # max_steps too, when a schedule is laid out over it).
 TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
-                    'augment', 'seed')
+                    'augment', 'seed', 'validation_size')
 
 
 def make_optimizer(name, params, learning_rate, weight_decay=0.0):
@@ -130,7 +130,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
           batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT,
           optimizer=OPTIMIZER_DEFAULT, data_dir=None, seed=42, out_dir=None,
           weight_decay=0.0, lr_schedule='constant', augment=False, device='auto', amp=False,
-          channels_last=False, preset=None, resume=None, overwrite=False):
+          channels_last=False, validation_size=0, preset=None, resume=None,
+          overwrite=False):
     """Trains the ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
@@ -153,7 +154,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         folder, start = os.path.dirname(os.path.abspath(resume)), state['step'] + 1
         out_dir = out_dir or folder
         overwrite = overwrite or os.path.abspath(out_dir) == folder  # a run goes on in place
-    run = Run(__file__, flags, out_dir, max_steps, start, overwrite)  # checks out_dir first
+    split = 'validation' if validation_size else 'test'  # what evaluations and best.pt use
+    run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
 
     dev = select_device(device)
     amp_dtype = autocast_dtype(dev, amp)  # bfloat16 needs no loss scaling; float16 does
@@ -164,8 +166,9 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     opt = make_optimizer(optimizer, model.parameters(), learning_rate, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed)
-    train_set, test_set = data['train'], data['test']
+    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
+                                     validation_size=validation_size)
+    train_set, eval_set = data['train'], data[split]
 
     if state is not None:
         try:
@@ -195,8 +198,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         run.metrics['device'] = str(dev)
         run.metrics['precision'] = str(amp_dtype or torch.float32).removeprefix('torch.')
         if state is not None:  # one run, one metrics.json, across interruptions
-            for key in ('started', 'steps', 'train_loss', 'eval_steps', 'test_loss',
-                        'test_accuracy', 'final_test_accuracy', 'best_test_accuracy'):
+            for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
+                        f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
                 run.metrics[key] = state['metrics'][key]
             run.metrics['resumed'] = [*state['metrics'].get('resumed', []),
                                       {'from': resume, 'step': start - 1}]
@@ -220,11 +223,18 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
                 schedule.step()
             run.log_step(step, loss)
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate(model, test_set.images, test_set.labels, dev,
+                run.log_eval(step, *evaluate(model, eval_set.images, eval_set.labels, dev,
                                              amp_dtype=amp_dtype))
                 checkpoint('last.pt', step)
-                if run.metrics['test_accuracy'][-1] == run.metrics['best_test_accuracy']:
+                if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
                     checkpoint('best.pt', step)
+        if split == 'validation':  # the test set, once: the final weights, then best.pt's
+            test = data['test']
+            run.metrics['final_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
+                                                          amp_dtype=amp_dtype)[1]
+            model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
+            run.metrics['best_pt_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
+                                                            amp_dtype=amp_dtype)[1]
     return run.metrics
 
 

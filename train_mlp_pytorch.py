@@ -89,7 +89,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
           eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
           optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
           activation='relu', init='course', lr_schedule='constant', augment=False,
-          augment_padding=4, device='auto', preset=None, overwrite=False):
+          augment_padding=4, device='auto', validation_size=0, preset=None, overwrite=False):
     """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
     preset only records which preset the flags came from (main applies it).
@@ -98,15 +98,17 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     if isinstance(dnn_hidden_units, str):
         flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
 
-    run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite)  # checks out_dir
+    split = 'validation' if validation_size else 'test'  # what the evaluations use
+    run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite, eval_split=split)
     torch.manual_seed(seed)
     dev = select_device(device)
     model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES,
                 batchnorm=batchnorm, dropout=dropout, activation=activation, init=init).to(dev)
     opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed)
-    train_set, test_set = data['train'], data['test']
+    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
+                                     validation_size=validation_size)
+    train_set, eval_set = data['train'], data[split]
 
     with run:
         run.metrics['device'] = str(dev)
@@ -121,7 +123,10 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
             if schedule is not None:
                 schedule.step()
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate(model, test_set.images, test_set.labels, dev))
+                run.log_eval(step, *evaluate(model, eval_set.images, eval_set.labels, dev))
+        if split == 'validation':  # the test set, once, on the final weights
+            run.metrics['final_test_accuracy'] = evaluate(
+                model, data['test'].images, data['test'].labels, dev)[1]
     return run.metrics
 
 

@@ -51,11 +51,12 @@ class Run:
     stop_requested, which the loop reads between steps (a second one stops at once). Leaving
     saves metrics.json and curves.png: 'completed', 'interrupted' or 'diverged'. metrics.json
     also holds the flags, the command that reproduces the run, per step the training loss, per
-    evaluation the test loss and accuracy, and the wall time.
+    evaluation the loss and accuracy on eval_split ('test', or 'validation': then the script
+    sets final_test_accuracy once, at the end), and the wall time.
     """
 
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
-                 overwrite=False):
+                 overwrite=False, eval_split='test'):
         name = os.path.basename(script)
         if out_dir is None:
             out_dir = base = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
@@ -70,9 +71,12 @@ class Run:
         self.metrics = dict(
             script=name, out_dir=out_dir, command=['python', name, *flags_to_argv(flags)],
             flags=flags, status='running', steps=[], train_loss=[], eval_steps=[],
-            test_loss=[], test_accuracy=[], final_test_accuracy=None, best_test_accuracy=None,
+            eval_split=eval_split, **{f'{eval_split}_loss': [], f'{eval_split}_accuracy': [],
+                                      f'final_{eval_split}_accuracy': None,
+                                      f'best_{eval_split}_accuracy': None},
             wall_seconds=None, started=datetime.now().isoformat(timespec='seconds'),
             versions={'python': platform.python_version(), **versions})
+        self.metrics.setdefault('final_test_accuracy', None)  # with validation: at the end
         self._bar_args = dict(total=max_steps, initial=start_step - 1, desc=name[:-3])
 
     def path(self, name):
@@ -92,13 +96,14 @@ class Run:
 
     def log_eval(self, step, loss, accuracy):
         """Records and prints an evaluation, then saves metrics.json."""
-        m = self.metrics
+        m, split = self.metrics, self.metrics['eval_split']
         m['eval_steps'].append(step)
-        m['test_loss'].append(float(loss))
-        m['test_accuracy'].append(float(accuracy))
-        m['final_test_accuracy'], m['best_test_accuracy'] = accuracy, max(m['test_accuracy'])
-        self.bar.write(f'step {step:>6}  train loss {m["train_loss"][-1]:.4f}  test loss '
-                       f'{loss:.4f}  test accuracy {accuracy:.4f}', file=sys.stderr)
+        m[f'{split}_loss'].append(float(loss))
+        m[f'{split}_accuracy'].append(float(accuracy))
+        m[f'final_{split}_accuracy'] = accuracy
+        m[f'best_{split}_accuracy'] = max(m[f'{split}_accuracy'])
+        self.bar.write(f'step {step:>6}  train loss {m["train_loss"][-1]:.4f}  {split} loss '
+                       f'{loss:.4f}  {split} accuracy {accuracy:.4f}', file=sys.stderr)
         self.save()
 
     def save(self, status=None):
@@ -176,14 +181,15 @@ def plot_curves(metrics, path):
         ax_loss.plot(steps, loss, color='C0', alpha=0.25, lw=0.8, label='train (per step)')
         ax_loss.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, 'valid'),
                      color='C0', label='train (smoothed)')
+    split = metrics.get('eval_split', 'test')  # what the evaluations during training used
     if metrics['eval_steps']:
-        ax_loss.plot(metrics['eval_steps'], metrics['test_loss'], 'o-', color='C1', ms=3,
-                     label='test')
-        ax_acc.plot(metrics['eval_steps'], metrics['test_accuracy'], 'o-', color='C1', ms=3)
+        ax_loss.plot(metrics['eval_steps'], metrics[f'{split}_loss'], 'o-', color='C1', ms=3,
+                     label=split)
+        ax_acc.plot(metrics['eval_steps'], metrics[f'{split}_accuracy'], 'o-', color='C1', ms=3)
     ax_loss.set(xlabel='step', ylabel='cross-entropy loss', title='Loss')
     if len(steps):  # a run stopped before its first step has nothing to label
         ax_loss.legend(frameon=False)
-    ax_acc.set(xlabel='step', ylabel='accuracy', title='Test accuracy')
+    ax_acc.set(xlabel='step', ylabel='accuracy', title=f'{split.capitalize()} accuracy')
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()

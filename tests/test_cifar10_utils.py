@@ -44,25 +44,41 @@ def test_plane_order(tmp_path):
 
 
 def test_integer_labels_and_validation_split(fake_cifar):
-    data = get_cifar10(fake_cifar, one_hot=False, validation_size=30)
+    data = get_cifar10(fake_cifar, one_hot=False, validation_size=30, seed=1)
     assert data['validation'].num_examples == 30 and data['train'].num_examples == 170
     assert data['train'].labels.dtype == np.int64 and data['train'].labels.shape == (170,)
-    first, labels = load_batch(os.path.join(fake_cifar, 'data_batch_1'))
-    np.testing.assert_array_equal(data['validation'].labels, labels[:30])
+    # Stratified: each class holds out its share of the 30 (within one image).
+    _, all_labels = zip(*(load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))
+                          for i in range(1, 6)))
+    counts = np.bincount(np.concatenate(all_labels), minlength=10)
+    held = np.bincount(data['validation'].labels, minlength=10)
+    assert held.sum() == 30 and np.all(np.abs(held - 30 * counts / 200) <= 1)
     # The mean is that of the 170 remaining training images only.
     np.testing.assert_allclose(data['train'].images.mean(axis=0), 0, atol=1e-3)
 
 
-@pytest.mark.parametrize('validation_size', [0, 90])  # 90 spans the first three batches
+@pytest.mark.parametrize('validation_size', [0, 90])
 def test_normalisation_matches_a_plain_reference(fake_cifar, validation_size):
-    data = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size)
+    """The two splits partition the training images, the same seed draws the same split, and
+    every image has the mean of the training images that stay subtracted."""
+    data = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size, seed=3)
     raw = np.concatenate([load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0]
                           for i in range(1, 6)]).astype(np.float64)
-    mean = raw[validation_size:].mean(axis=0)
-    images = np.concatenate([data['validation'].images, data['train'].images])
-    np.testing.assert_allclose(images, raw - mean, atol=1e-4)
+    images = np.concatenate([data['validation'].images, data['train'].images]).astype(float)
+    # Whatever was subtracted, the 200 images still sum to the raw ones: that finds it ...
+    subtracted = (raw.sum(axis=0) - images.sum(axis=0)) / 200
+    rows = {r.astype(np.uint8).tobytes(): i for i, r in enumerate(raw)}
+    index = [rows[np.round(x + subtracted).astype(np.uint8).tobytes()] for x in images]
+    assert sorted(index) == list(range(200))  # a partition: every image once
+    mean = np.delete(raw, index[:validation_size], axis=0).mean(axis=0)  # of the kept images
+    np.testing.assert_allclose(images, raw[index] - mean, atol=1e-4)
     test_raw, _ = load_batch(os.path.join(fake_cifar, 'test_batch'))
     np.testing.assert_allclose(data['test'].images, test_raw - mean, atol=1e-4)
+    again = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size, seed=3)
+    np.testing.assert_array_equal(again['validation'].images, data['validation'].images)
+    if validation_size:
+        other = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size, seed=4)
+        assert not np.array_equal(other['validation'].images, data['validation'].images)
 
 
 @pytest.mark.parametrize('bad', [-1, 200, 10**6])

@@ -283,7 +283,7 @@ def test_preset_fills_in_what_was_not_given():
         'data_dir': None, 'seed': 42, 'out_dir': None, 'optimizer': 'ADAM',
         'weight_decay': 0.0, 'lr_schedule': 'constant', 'augment': False, 'device': 'auto',
         'amp': False, 'channels_last': False, 'preset': None, 'resume': None,
-        'overwrite': False}
+        'overwrite': False, 'validation_size': 0}
     args = parse_args(['--preset', 'long', '--max_steps', '10', '--optimizer', 'adam'])
     assert args.max_steps == 10 and args.optimizer == 'ADAM'
     for name in ('learning_rate', 'weight_decay', 'lr_schedule', 'augment', 'batch_size',
