@@ -66,6 +66,7 @@ class Run:
     data: dict = None
     problem: str = None
     missing: bool = True
+    time: str = None  # runs.json's "time", shown instead of a wall time that is not its cost
 
     def file(self, name):
         return os.path.join(ROOT, self.path, name)
@@ -124,7 +125,8 @@ def load_config(runs_path):
             raise ReportError(f'{runs_path}: {where}: "command" must be a list of strings.', 2)
         # A modification's folder is named after it, for --rerun NAME and messages.
         name = name or os.path.basename(os.path.normpath(entry['path']))
-        return Run(name, str(entry.get('label', name)), entry['path'], command, record)
+        return Run(name, str(entry.get('label', name)), entry['path'], command, record,
+                   time=entry.get('time') and str(entry['time']))
 
     try:
         with open(runs_path) as f:
@@ -186,8 +188,8 @@ def run_row(run):
         return ['missing', '--', '--', '--', '--']
     m, s, status = run.data, run.data['wall_seconds'], run.data['status']
     steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
-    time = '--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100 else \
-        f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h'
+    time = run.time or '--' if s is None or not np.isfinite(s) else run.time or (
+        f'{s:.0f} s' if s < 100 else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
     return [*('--' if m[key] is None else f'{m[key]:.3f}' for key in ACCURACIES),
             steps, time, m.get('device') or 'cpu']
 
@@ -244,16 +246,16 @@ def write_tables(config, out):
 
     base = config.modifications[0][1] if config.modifications else None
     rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
-             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:4]]
+             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3]]
             for i, (label, run, _) in enumerate(config.modifications)]
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
     write(f'{out}/modifications.tex', tex_tabular(
         r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
-        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{5.0cm}rrrr@{}',
-        ['modification', r'\normalfont flags changed', *short], rows))
+        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rrr@{}',
+        ['modification', r'\normalfont flags changed', *short[:3]], rows))
     write(f'{out}/modifications.md', tabulate(
         [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
-        ['modification', 'flags changed', *head, 'time'], 'github', disable_numparse=True) + '\n')
+        ['modification', 'flags changed', *head], 'github', disable_numparse=True) + '\n')
 
     # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
     write(f'{out}/numpy_ladder.tex', tex_tabular(

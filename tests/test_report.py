@@ -97,6 +97,7 @@ def fake_project(tmp_path, skip=()):
     mod = runs_dir / 'mlp_pytorch_adam'
     fake_metrics(mod, 'train_mlp_pytorch.py', seed=9, optimizer='adam', dropout=0.0,
                  status='diverged')
+    entries[RUNS[-1]]['time'] = 'about 1 h alone'  # shown instead of the recorded wall time
     config = {'runs': entries,
               'gridsearch': {'path': str(runs_dir / 'gridsearch'),
                              'command': ['python', 'gridsearch.py']},
@@ -154,9 +155,13 @@ def test_every_figure_and_table(report):
                           'steps', 'time', 'device']
     assert results[1] == ['mlp numpy default', '`python train_mlp_numpy.py`', '0.500', '0.500',
                           '30', '12 s', 'cpu']
+    assert results[-1][-2:] == ['about 1 h alone', 'cpu']
     mods = markdown_rows(out / 'tables' / 'modifications.md')
-    assert mods[1] == ['defaults', '`(baseline)`', '0.500', '0.500', '30', '12 s']
-    assert mods[2] == ['Adam', '`--optimizer adam`', '0.500', '0.500', '30 (diverged)', '12 s']
+    # No times in the ladder: its runs shared a machine, so their wall times do not compare.
+    assert mods[0] == ['modification', 'flags changed', 'final test accuracy',
+                       'best test accuracy', 'steps']
+    assert mods[1] == ['defaults', '`(baseline)`', '0.500', '0.500', '30']
+    assert mods[2] == ['Adam', '`--optimizer adam`', '0.500', '0.500', '30 (diverged)']
     assert mods[3][:2] == ['best', '`--optimizer adamw --dropout 0.2`']
     # LaTeX would set -- as an en dash.
     assert '-{}-optimizer adam' in (out / 'tables' / 'modifications.tex').read_text()
