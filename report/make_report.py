@@ -225,7 +225,8 @@ def write_tables(config, out):
         return ' '.join(f'no --{k}' if v is None or v is False else f'--{k}' if v is True else
                         f'--{k} ' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
                         for k, v in flags.items() if base.get(k) != v
-                        and k not in ('out_dir', 'data_dir', 'device', 'resume')) or '(none)'
+                        and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
+                        and not (k not in base and v in (None, False, 0))) or '(none)'
 
     os.makedirs(out, exist_ok=True)
     define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
