@@ -44,7 +44,7 @@ STYLE = {'font.size': 9, 'axes.titlesize': 9, 'xtick.labelsize': 8, 'ytick.label
          'axes.spines.top': False, 'axes.spines.right': False}
 TEX_SPECIAL = str.maketrans({'\\': r'\textbackslash{}', '~': r'\textasciitilde{}',
                              '^': r'\textasciicircum{}', **{c: '\\' + c for c in '&%$#_{}'}})
-Config = namedtuple('Config', 'runs grid modifications folders')  # folders: each Run once
+Config = namedtuple('Config', 'runs grid modifications seeds folders')  # folders: each once
 
 
 class ReportError(Exception):
@@ -101,12 +101,16 @@ def shape_problem(data, record):
     """'' if a loaded metrics.json or best.json holds what the report reads, else what is wrong."""
     if not isinstance(data, dict):
         return 'is not a JSON object'
-    wrong = [key for key, kind in SHAPES[record].items() if not isinstance(data.get(key), kind)]
+    # A run evaluated on a validation split has validation_* series; the test set once, after.
+    split = f'{data.get("eval_split", "test")}_'
+    shapes = {k if k == 'final_test_accuracy' else k.replace('test_', split): kind
+              for k, kind in SHAPES[record].items()}
+    wrong = [key for key, kind in shapes.items() if not isinstance(data.get(key), kind)]
     if wrong:
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
     if not all(isinstance(arg, str) for arg in data['command']):
         return 'has a "command" that is not a list of strings'
-    series = [data[key] for key in SERIES] if record == 'metrics.json' else []
+    series = [data[k.replace('test_', split)] for k in SERIES] if record == 'metrics.json' else []
     if not all(isinstance(v, NUMBER) for values in series for v in values):
         return 'has a series that holds something other than numbers'
     if series and (len(series[0]) != len(series[1]) or len({len(s) for s in series[2:]}) > 1):
@@ -140,14 +144,25 @@ def load_config(runs_path):
                           f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.', 2)
     runs = {name: folder(entry, f'runs.{name}', name) for name, entry in raw['runs'].items()}
     folders = {os.path.normpath(run.path): run for run in runs.values()}
-    modifications = []  # (label, PyTorch run, the same row run in NumPy or None)
+    modifications = []  # (label, PyTorch run, {'numpy': its NumPy twin, 'validation': ...})
     for i, entry in enumerate(raw.get('modifications', [])):
         row = folder(entry, f'modifications[{i}]')
-        twin = 'numpy' in entry and folder(entry['numpy'], f'modifications[{i}].numpy')
+        twins = {key: folder(entry[key], f'modifications[{i}].{key}')
+                 for key in ('numpy', 'validation') if key in entry}
         modifications.append((row.label, folders.setdefault(os.path.normpath(row.path), row),
-                              twin and folders.setdefault(os.path.normpath(twin.path), twin)))
+                              {key: folders.setdefault(os.path.normpath(twin.path), twin)
+                               for key, twin in twins.items()}))
+    seeds = []  # (label, [the same command's runs with other seeds])
+    for i, entry in enumerate(raw.get('seeds', [])):
+        paths = entry.get('paths') if isinstance(entry, dict) else None
+        if not (isinstance(paths, list) and len(paths) > 1):
+            raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run '
+                              'folders.', 2)
+        seeds.append((str(entry.get('label', i)), [
+            folders.setdefault(os.path.normpath(path), folder({'path': path}, f'seeds[{i}]'))
+            for path in paths]))
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
-    return Config(runs, grid, modifications, [*folders.values(), grid])
+    return Config(runs, grid, modifications, seeds, [*folders.values(), grid])
 
 
 def rerun(config, names):
@@ -262,8 +277,26 @@ def write_tables(config, out):
     write(f'{out}/numpy_ladder.tex', tex_tabular(
         r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
         ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
-        [[label, run_row(run)[0], *(run_row(twin)[i] for i in (0, 2, 3))]
-         for label, run, twin in config.modifications if twin]))
+        [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
+         for label, run, twins in config.modifications if 'numpy' in twins]))
+    # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
+    write(f'{out}/validation_ladder.tex', tex_tabular(
+        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
+        ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
+        [[label, *(f'{m[k]:.3f}' if m else 'missing' for k in ('final_validation_accuracy',
+                                                              'final_test_accuracy')),
+          run_row(run)[0]]
+         for label, run, twins in config.modifications if 'validation' in twins
+         for m in [twins['validation'].data]]))
+
+    # The spread over seeds: mean and sample standard deviation of the final test accuracy.
+    rows = []
+    for label, group in config.seeds:
+        values = [run.data['final_test_accuracy'] for run in group if not run.missing]
+        rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
+                     if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
+    write(f'{out}/seeds.tex', tex_tabular('@{}lrl@{}', ['runs', 'final test accuracy',
+                                                        'each seed'], rows))
 
     write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
         r'\begin{description}\setlength\itemsep{2pt}',

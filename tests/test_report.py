@@ -106,6 +106,8 @@ def fake_project(tmp_path, skip=()):
               'modifications': [{'label': 'defaults', 'path': str(runs_dir / RUNS[1])},
                                 {'label': 'Adam', 'path': str(mod)},
                                 {'label': 'best', 'path': str(runs_dir / RUNS[2])}]}
+    config['seeds'] = [{'label': 'two seeds', 'paths': [str(runs_dir / RUNS[0]),
+                                                        str(runs_dir / RUNS[1])]}]
     path = tmp_path / 'runs.json'
     path.write_text(json.dumps(config))
     return str(path)
@@ -166,6 +168,7 @@ def test_every_figure_and_table(report):
     assert mods[3][:2] == ['best', '`--optimizer adamw --dropout 0.2`']
     # LaTeX would set -- as an en dash.
     assert '-{}-optimizer adam' in (out / 'tables' / 'modifications.tex').read_text()
+    assert 'two seeds & 0.500 ± 0.000 & 0.500, 0.500' in (out / 'tables' / 'seeds.tex').read_text()
     macros = (out / 'tables' / 'runs.tex').read_text()
     assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
     assert 'test accuracy after refitting on the whole training set 0.450' in macros
