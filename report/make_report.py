@@ -283,11 +283,10 @@ def write_tables(config, out):
     write(f'{out}/validation_ladder.tex', tex_tabular(
         r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
         ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
-        [[label, *(f'{m[k]:.3f}' if m else 'missing' for k in ('final_validation_accuracy',
-                                                              'final_test_accuracy')),
-          run_row(run)[0]]
-         for label, run, twins in config.modifications if 'validation' in twins
-         for m in [twins['validation'].data]]))
+        [[twin.label.removeprefix('validation: '), *(f'{m[k]:.3f}' if m else 'missing' for k in (
+            'final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
+         for _, run, twins in config.modifications if 'validation' in twins
+         for twin in [twins['validation']] for m in [twin.data]]))
 
     # The spread over seeds: mean and sample standard deviation of the final test accuracy.
     rows = []
