@@ -119,7 +119,7 @@ def bench_convnet(quick, device):
     images = rng.normal(0, 60, (n_eval, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, N_CLASSES, n_eval)
     x, y = (torch.from_numpy(a[:batch]).to(dev) for a in (images, labels))
-    opt = convnet_script.make_optimizer('ADAM', model.parameters(), lr)
+    opt = convnet_script.make_optimizer('ADAM', model, lr)
     bf16 = autocast_dtype(dev, amp=True) == torch.bfloat16
     fns = {}
     for dtype, amp_dtype in [('float32', None), *([('bfloat16', torch.bfloat16)] if bf16 else [])]:

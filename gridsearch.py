@@ -33,7 +33,7 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 import cifar10_utils
-from command_line import ArgumentParser, hidden_units, positive_int
+from command_line import ArgumentParser, hidden_units, non_negative_int, positive_int
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
 from train_utils import check_out_dir, select_device, write_json
 
@@ -185,6 +185,9 @@ def build_parser():
     p.add_argument('--subsample', type=positive_int,
                    help='search on this many training images, drawn stratified by class')
     p.add_argument('--n_jobs', type=positive_int, default=1, help='fits run in parallel')
+    p.add_argument('--validation_size', type=non_negative_int, default=0,
+                   help='training images held out (stratified, drawn by --seed): neither the '
+                        'search nor the refit sees them, and the refit is scored on them')
     p.add_argument('--no_refit', action='store_true',
                    help='skip refitting the best setting on the whole training set')
     p.add_argument('--scheduler', help='a Dask scheduler, tcp://HOST:PORT, to run the fits')
@@ -221,8 +224,9 @@ def main(argv=None):
                              f'{10 * args.cv}.')
         check_out_dir(out_dir, args.overwrite)  # now, not after the last fit
 
-        data = cifar10_utils.get_cifar10(args.data_dir, one_hot=False)
-        train, test = data['train'], data['test']
+        data = cifar10_utils.get_cifar10(args.data_dir, one_hot=False, seed=args.seed,
+                                         validation_size=args.validation_size)
+        train, validation, test = data['train'], data['validation'], data['test']
         x, y = train.images, train.labels
         if n is not None and n < len(y):  # n images, each class in its share
             keep, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y,
@@ -252,12 +256,14 @@ def main(argv=None):
                  for i in best_first]
         best = {k: table[0][k] for k in grid}
 
-        test_accuracy = None
+        test_accuracy = validation_accuracy = None
         if not args.no_refit:  # GridSearchCV's own refit would see only the subsample
             print(f'refitting {best} on all {len(train.labels)} training images', file=sys.stderr)
             net = make_net(args.max_epochs, device, args.seed)
             net.set_params(**res['params'][best_first[0]]).fit(train.images, train.labels)
-            test_accuracy = float(net.score(test.images, test.labels))  # score: the accuracy
+            if validation.num_examples:  # score: the accuracy
+                validation_accuracy = float(net.score(validation.images, validation.labels))
+            test_accuracy = float(net.score(test.images, test.labels))
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
@@ -291,7 +297,8 @@ def main(argv=None):
                  f'{args.cv}-fold CV on {len(y)} training images, {args.max_epochs} epochs per fit')
     write_json(os.path.join(out_dir, 'best.json'), {
         'best_params': best, 'best_cv_score': table[0]['mean'], 'best_cv_std': table[0]['std'],
-        'test_accuracy': test_accuracy, 'grid': grid, 'cv': args.cv,
+        'test_accuracy': test_accuracy, 'validation_size': args.validation_size,
+        'validation_accuracy': validation_accuracy, 'grid': grid, 'cv': args.cv,
         'max_epochs': args.max_epochs, 'n_train': len(y), 'subsample': args.subsample,
         'seed': args.seed, 'wall_seconds': time.perf_counter() - started,
         'command': ['python', 'gridsearch.py', *(sys.argv[1:] if argv is None else argv)]})

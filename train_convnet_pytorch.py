@@ -1,6 +1,7 @@
 """Trains the ConvNet of Table 1 (convnet_pytorch.py) on CIFAR-10, on the CPU or a GPU.
 
     python train_convnet_pytorch.py                        # the course defaults: Adam, 5000 steps
+    python train_convnet_pytorch.py --preset fast          # 0.90 on two CPU cores, bfloat16
     python train_convnet_pytorch.py --preset long          # augmentation + one-cycle SGD, longer
     python train_convnet_pytorch.py --resume runs/RUN/last.pt   # continues an interrupted run
 
@@ -31,7 +32,14 @@ OPTIMIZER_DEFAULT = 'ADAM'
 
 # 'long' is the classic recipe for VGG-style networks with batch norm: about 51 epochs of SGD
 # with Nesterov momentum, a one-cycle learning rate peaking at 0.05, weight decay, crops, flips.
+# 'fast' is the recipe for a CPU: batch 128 (the CPU's best images per second), 25.6 epochs of the
+# 45,000 images left beside a 5,000-image validation split, a one-cycle rate peaking at 0.1,
+# label smoothing, bfloat16 in the channels_last layout, flipped copies averaged in evaluation.
 PRESETS = {
+    'fast': dict(optimizer='SGD', learning_rate=0.1, weight_decay=5e-4, label_smoothing=0.1,
+                 lr_schedule='onecycle', augment=True, batch_size=128, max_steps=9000,
+                 eval_freq=1500, amp=True, channels_last=True, validation_size=5000,
+                 flip_test=True),
     'long': dict(optimizer='SGD', learning_rate=0.05, weight_decay=5e-4,
                  lr_schedule='onecycle', augment=True, batch_size=128, max_steps=20000,
                  eval_freq=1000),
@@ -39,12 +47,16 @@ PRESETS = {
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
 # max_steps too, when a schedule is laid out over it).
 TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
-                    'augment', 'seed', 'validation_size')
+                    'augment', 'seed', 'validation_size', 'label_smoothing')
 
 
-def make_optimizer(name, params, learning_rate, weight_decay=0.0):
-    """Adam, or SGD with Nesterov momentum 0.9. fused: one pass over all parameters, which
-    makes Adam's update on the CPU about 5 times faster for this network."""
+def make_optimizer(name, model, learning_rate, weight_decay=0.0):
+    """Adam, or SGD with Nesterov momentum 0.9. Weight decay applies to the weights of the
+    convolutions and the linear layer only: batch norm undoes any shrinking of the weights in
+    front of it, so decaying its own scale and shift, or the biases, only fights it. fused: one
+    pass over all parameters, which makes Adam's update on the CPU about 5 times faster."""
+    params = [{'params': [p for p in model.parameters() if p.ndim > 1]},
+              {'params': [p for p in model.parameters() if p.ndim <= 1], 'weight_decay': 0.0}]
     if name == 'SGD':
         return torch.optim.SGD(params, lr=learning_rate, momentum=0.9, nesterov=True,
                                weight_decay=weight_decay, fused=True)
@@ -63,15 +75,16 @@ def make_schedule(name, optimizer, max_steps):
     return None
 
 
-def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None):
+def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None, label_smoothing=0.0):
     """One update of model on a batch; returns the loss as a 0-dim tensor on x's device,
     without waiting for it (the caller decides when to synchronise).
 
     x: float32 (B, 3, 32, 32) images; y: int64 (B,) labels. amp_dtype: autocast to it;
-    scaler: a GradScaler, for float16.
+    scaler: a GradScaler, for float16. label_smoothing: the target puts this much of its mass
+    evenly on all classes.
     """
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -83,14 +96,15 @@ def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None):
     return loss.detach()
 
 
-def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None):
+def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, flip=False):
     """Mean loss and accuracy over a whole split in eval mode, batch_size images at a time to
     bound memory. The model is evaluated as a copy in which each batch norm, an affine map in
     eval mode, is folded into the convolution before it (one pass over the activations
     instead of two), in the channels_last layout that the CPU's convolutions prefer: about 1.2
     times the images per second of the model as it is.
 
-    images: float32 array (N, 3, 32, 32); labels: int64 array (N,).
+    images: float32 array (N, 3, 32, 32); labels: int64 array (N,). flip: average the logits
+    of each image and of its mirror image (test-time augmentation; twice the work).
     """
     folded = fuse(model.eval()).to(memory_format=torch.channels_last)  # fuse copies the model
     model.train()
@@ -100,7 +114,10 @@ def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None):
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start:start + batch_size]).to(device)
             y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            logits = folded(x.contiguous(memory_format=torch.channels_last)).float()
+            x = x.contiguous(memory_format=torch.channels_last)
+            logits = folded(x).float()
+            if flip:
+                logits = (logits + folded(x.flip(3)).float()) / 2
             total_loss += F.cross_entropy(logits, y, reduction='sum').item()
             correct += (logits.argmax(dim=1) == y).sum().item()
     return total_loss / len(images), correct / len(images)
@@ -130,14 +147,16 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
           batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT,
           optimizer=OPTIMIZER_DEFAULT, data_dir=None, seed=42, out_dir=None,
           weight_decay=0.0, lr_schedule='constant', augment=False, device='auto', amp=False,
-          channels_last=False, validation_size=0, preset=None, resume=None,
-          overwrite=False):
+          channels_last=False, validation_size=0, label_smoothing=0.0, flip_test=False,
+          preset=None, resume=None, overwrite=False):
     """Trains the ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
     with; out_dir defaults to its folder. preset only records where the flags came from.
     """
     flags = dict(locals())  # every argument, as metrics.json records them
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
     state, start = read_checkpoint(resume) if resume else None, 1
     if state is not None:
         saved = state['flags']
@@ -163,7 +182,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(seed)
     model = ConvNet(3, cifar10_utils.N_CLASSES).to(dev, memory_format=layout)
-    opt = make_optimizer(optimizer, model.parameters(), learning_rate, weight_decay)
+    opt = make_optimizer(optimizer, model, learning_rate, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
@@ -218,23 +237,23 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             x = torch.from_numpy(images).to(dev, non_blocking=True)
             x = x.contiguous(memory_format=layout)
             y = torch.from_numpy(labels).to(dev, non_blocking=True)
-            loss = train_step(model, opt, x, y, amp_dtype, scaler)
+            loss = train_step(model, opt, x, y, amp_dtype, scaler, label_smoothing)
             if schedule is not None:
                 schedule.step()
             run.log_step(step, loss)
             if step % eval_freq == 0 or step == max_steps:
                 run.log_eval(step, *evaluate(model, eval_set.images, eval_set.labels, dev,
-                                             amp_dtype=amp_dtype))
+                                             amp_dtype=amp_dtype, flip=flip_test))
                 checkpoint('last.pt', step)
                 if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
                     checkpoint('best.pt', step)
         if split == 'validation':  # the test set, once: the final weights, then best.pt's
             test = data['test']
             run.metrics['final_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
-                                                          amp_dtype=amp_dtype)[1]
+                                                          amp_dtype=amp_dtype, flip=flip_test)[1]
             model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
             run.metrics['best_pt_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
-                                                            amp_dtype=amp_dtype)[1]
+                                                            amp_dtype=amp_dtype, flip=flip_test)[1]
     return run.metrics
 
 
@@ -244,7 +263,9 @@ def build_parser():
     p.add_argument('--optimizer', type=str.upper, choices=('ADAM', 'SGD'),
                    default=OPTIMIZER_DEFAULT, help='ADAM, or SGD with Nesterov momentum 0.9')
     p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
-                   help='L2 weight decay')
+                   help='L2 weight decay of the convolution and linear weights')
+    p.add_argument('--label_smoothing', type=non_negative_float, default=0.0,
+                   help='the share of each target spread evenly over all classes, in [0, 1)')
     p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
                    help='learning-rate schedule over max_steps; onecycle peaks at '
                         '--learning_rate')
@@ -257,6 +278,8 @@ def build_parser():
                         'a GPU that has it, else float16 on a GPU, float32 on a CPU')
     p.add_argument('--channels_last', action='store_true',
                    help='NHWC memory layout (faster convolutions on recent GPUs)')
+    p.add_argument('--flip_test', action='store_true',
+                   help='evaluate each image averaged with its mirror image')
     p.add_argument('--resume', metavar='PATH',
                    help="continue the run of a checkpoint (its folder's last.pt or best.pt) "
                         'with the flags it was started with, in its folder')

@@ -94,7 +94,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
     # A set of one batch: every step sees the same 8 images (in another order).
     batches = DataSet(images, labels, seed=0)
     model = ConvNet(3, 10, width=1 / 4)
-    opt = make_optimizer('ADAM', model.parameters(), learning_rate=1e-3, weight_decay=0)
+    opt = make_optimizer('ADAM', model, learning_rate=1e-3, weight_decay=0)
     losses = [train_convnet_pytorch.train_step(model, opt, *map(torch.from_numpy,
                                                                 batches.next_batch(8)))
               for _ in range(6)]
@@ -262,6 +262,42 @@ def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
     assert accuracy == (logits.argmax(1).numpy() == labels).mean()
 
 
+def test_flip_test_averages_each_image_with_its_mirror(small_convnet):
+    torch.manual_seed(0)
+    model = train_convnet_pytorch.ConvNet(3, 10)
+    model(torch.randn(64, 3, 32, 32))  # running statistics away from 0 and 1
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 60, (30, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, 30)
+    loss, accuracy = train_convnet_pytorch.evaluate(model, images, labels, torch.device('cpu'),
+                                                    batch_size=20, flip=True)
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        logits = (model(x) + model(x.flip(3))) / 2
+    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(),
+                                 rel=1e-4)
+    assert accuracy == (logits.argmax(1).numpy() == labels).mean()
+
+
+def test_weight_decay_spares_batch_norm_and_biases():
+    model = ConvNet(3, 10, width=0.25)
+    decayed, spared = make_optimizer('SGD', model, 0.1, weight_decay=5e-4).param_groups
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert decayed['weight_decay'] == 5e-4 and {id(p) for p in decayed['params']} == weights
+    assert spared['weight_decay'] == 0 and len(spared['params']) == 3 * 8 + 1  # bias, gamma, beta
+
+
+def test_label_smoothing_is_the_loss_trained_on():
+    torch.manual_seed(0)
+    model = ConvNet(3, 10, width=0.25)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    expected = F.cross_entropy(model(x), y, label_smoothing=0.1).item()
+    opt = make_optimizer('SGD', model, 0.0)
+    assert train_convnet_pytorch.train_step(model, opt, x, y, label_smoothing=0.1).item() == \
+        pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_gpu_run_with_amp_and_channels_last_resumes_on_the_cpu(fake_cifar, small_convnet,
                                                                tmp_path):
@@ -283,12 +319,15 @@ def test_preset_fills_in_what_was_not_given():
         'data_dir': None, 'seed': 42, 'out_dir': None, 'optimizer': 'ADAM',
         'weight_decay': 0.0, 'lr_schedule': 'constant', 'augment': False, 'device': 'auto',
         'amp': False, 'channels_last': False, 'preset': None, 'resume': None,
-        'overwrite': False, 'validation_size': 0}
+        'overwrite': False, 'validation_size': 0, 'label_smoothing': 0.0, 'flip_test': False}
     args = parse_args(['--preset', 'long', '--max_steps', '10', '--optimizer', 'adam'])
     assert args.max_steps == 10 and args.optimizer == 'ADAM'
     for name in ('learning_rate', 'weight_decay', 'lr_schedule', 'augment', 'batch_size',
                  'eval_freq'):
         assert getattr(args, name) == PRESETS['long'][name], name
+    args = parse_args(['--preset', 'fast', '--validation_size', '0'])
+    assert args.validation_size == 0
+    assert all(getattr(args, k) == v for k, v in PRESETS['fast'].items() if k != 'validation_size')
 
 
 def write_garbage(path):
@@ -305,6 +344,7 @@ def write_garbage(path):
     (['--device', 'tpu'], "argument --device: invalid choice: 'tpu'"),
     (['--lr_schedule', 'cosine'], "argument --lr_schedule: invalid choice: 'cosine'"),
     (['--preset', 'short'], "argument --preset: invalid choice: 'short'"),
+    (['--label_smoothing', '-0.1'], "argument --label_smoothing: expected a finite number >= 0"),
     (['--resume', '{tmp}/missing.pt'], 'error: checkpoint {tmp}/missing.pt does not exist.'),
     (['--resume', '{garbage}'], 'error: {garbage} is not a readable checkpoint '
                                 '(UnpicklingError).'),
@@ -326,6 +366,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, cli_name, args, messag
     (dict(learning_rate=-1), 'Invalid learning rate: -1'),
     (dict(batch_size=0), 'batch_size must be between 1 and the 200 examples of this set'),
     (dict(resume='/nonexistent/last.pt'), 'checkpoint /nonexistent/last.pt does not exist.'),
+    (dict(label_smoothing=1.0), r'label_smoothing must be in \[0, 1\), got 1.0.'),
 ])
 def test_train_checks_its_arguments(fake_cifar, small_convnet, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(')):

@@ -168,6 +168,16 @@ def test_small_search_writes_every_output(fake_cifar, tmp_path, capsys):
     assert 'results in' in capsys.readouterr().out
 
 
+def test_validation_split_is_held_out_of_search_and_refit(fake_cifar, tmp_path, capsys):
+    out = tmp_path / 'out'
+    assert gridsearch.main([*TINY, '--learning_rate', '0.01', '--validation_size', '50',
+                            '--data_dir', fake_cifar, '--out_dir', str(out)]) == 0
+    best = json.loads((out / 'best.json').read_text())
+    assert best['n_train'] == 150 and best['validation_size'] == 50  # of 200
+    assert 'on all 150 training images' in capsys.readouterr().err
+    assert 0.8 <= best['validation_accuracy'] <= 1 and best['test_accuracy'] >= 0.8
+
+
 def test_search_agrees_with_the_train_script(real_cifar, tmp_path):
     """A CV score on real CIFAR-10 is what train_mlp_pytorch.py reaches with the same settings
     and the same number of updates (unlike the 0.11-0.42 of a search that trains on

@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.join(ROOT, 'report'))
 
 import make_report  # noqa: E402
 
-RUNS = ('mlp_numpy_default', 'mlp_pytorch_default', 'mlp_pytorch_best', 'convnet_default')
+RUNS = ('mlp_numpy_default', 'mlp_pytorch_default', 'mlp_pytorch_best', 'convnet_default',
+        'convnet_fast')
 
 
 def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='completed', **flags):
@@ -37,6 +38,11 @@ def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='complet
         'wall_seconds': 12.5, 'train_seconds': 11.0, 'started': '2026-01-01T00:00:00',
         'versions': {'python': '3.11', 'numpy': '2.0'},
     }
+    if flags.get('validation_size'):  # evaluated on validation, the test set once at the end
+        metrics.update(eval_split='validation', validation_loss=metrics.pop('test_loss'),
+                       validation_accuracy=metrics.pop('test_accuracy'),
+                       best_validation_accuracy=metrics.pop('best_test_accuracy'),
+                       final_test_accuracy=0.625, best_pt_test_accuracy=0.75)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'metrics.json'), 'w') as f:
         json.dump(metrics, f)
@@ -81,7 +87,7 @@ def fake_project(tmp_path, skip=()):
     and a runs.json with absolute paths to them. Returns the runs.json path."""
     runs_dir = tmp_path / 'runs'
     scripts = {'mlp_numpy_default': 'train_mlp_numpy.py', 'convnet_default':
-               'train_convnet_pytorch.py'}
+               'train_convnet_pytorch.py', 'convnet_fast': 'train_convnet_pytorch.py'}
     entries = {}
     for i, name in enumerate(RUNS):
         folder = runs_dir / name
@@ -90,6 +96,8 @@ def fake_project(tmp_path, skip=()):
             flags = {'optimizer': 'sgd', 'dropout': 0.0}
             if name == 'mlp_pytorch_best':
                 flags = {'optimizer': 'adamw', 'dropout': 0.2}
+            if name == 'convnet_fast':
+                flags = {'optimizer': 'SGD', 'validation_size': 5000}
             fake_metrics(folder, script, seed=i, **flags)
         entries[name] = {'label': name.replace('_', ' '), 'path': str(folder),
                          'command': ['python', script]}
@@ -98,7 +106,7 @@ def fake_project(tmp_path, skip=()):
     # Flags newer than the baseline's run, at their defaults, are no change.
     fake_metrics(mod, 'train_mlp_pytorch.py', seed=9, optimizer='adam', dropout=0.0,
                  status='diverged', validation_size=0, overwrite=False)
-    entries[RUNS[-1]]['time'] = 'about 1 h alone'  # shown instead of the recorded wall time
+    entries['convnet_default']['time'] = 'about 1 h alone'  # instead of the recorded time
     config = {'runs': entries,
               'gridsearch': {'path': str(runs_dir / 'gridsearch'),
                              'command': ['python', 'gridsearch.py']},
@@ -108,6 +116,7 @@ def fake_project(tmp_path, skip=()):
                                 {'label': 'best', 'path': str(runs_dir / RUNS[2])}]}
     config['seeds'] = [{'label': 'two seeds', 'paths': [str(runs_dir / RUNS[0]),
                                                         str(runs_dir / RUNS[1])]}]
+    config['convnet_ladder'] = ['convnet_default', 'convnet_fast']
     path = tmp_path / 'runs.json'
     path.write_text(json.dumps(config))
     return str(path)
@@ -158,7 +167,12 @@ def test_every_figure_and_table(report):
                           'steps', 'time', 'device']
     assert results[1] == ['mlp numpy default', '`python train_mlp_numpy.py`', '0.500', '0.500',
                           '30', '12 s', 'cpu']
-    assert results[-1][-2:] == ['about 1 h alone', 'cpu']
+    assert results[4][-2:] == ['about 1 h alone', 'cpu']
+    # A run that chose on validation: the test set once, on its final weights and its best.pt.
+    assert results[5][2:5] == ['0.625', '0.750', '30']
+    assert (out / 'tables' / 'fast.tex').read_text().splitlines()[4:6] == [
+        r'convnet default & 0.500 & 0.500 & 30 & about 1 h alone \\',
+        r'convnet fast & 0.625 & 0.750 & 30 & 12 s \\']
     mods = markdown_rows(out / 'tables' / 'modifications.md')
     # No times in the ladder: its runs shared a machine, so their wall times do not compare.
     assert mods[0] == ['modification', 'flags changed', 'final test accuracy',
@@ -172,10 +186,17 @@ def test_every_figure_and_table(report):
     macros = (out / 'tables' / 'runs.tex').read_text()
     assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
     assert 'test accuracy after refitting on the whole training set 0.450' in macros
+    train_loss = json.loads((out.parent / 'runs' / 'convnet_fast' / 'metrics.json').read_text())[
+        'train_loss']
+    assert f'run:convnet_fast:firstloss\\endcsname{{{train_loss[0]:.1f}}}' in macros
+    assert f'run:convnet_fast:trainloss\\endcsname{{{np.mean(train_loss[-3:]):.2f}}}' in macros
+    assert 'run:convnet_fast:evalloss\\endcsname{1.50}' in macros  # 2.0 - the last accuracy
+    mod = out.parent / 'runs' / 'mlp_pytorch_adam'  # every folder's, named by its path
+    assert f'run:{mod}:final\\endcsname{{0.500}}' in macros
     grid_table = out.parent / 'runs' / 'gridsearch' / 'results.tex'
     assert (out / 'tables' / 'gridsearch.tex').read_text() == grid_table.read_text()
-    # Each folder once (the rows naming a run's folder share it): 4 runs, mlp_pytorch_adam, grid.
-    assert (out / 'tables' / 'commands.tex').read_text().count('\\item[') == 6
+    # Each folder once (the rows naming a run's folder share it): 5 runs, mlp_pytorch_adam, grid.
+    assert (out / 'tables' / 'commands.tex').read_text().count('\\item[') == 7
     assert "warning: run 'mlp_pytorch_adam' diverged at step 30; the report shows" in err
 
 
@@ -281,6 +302,17 @@ def test_bad_runs_json_is_one_line(tmp_path, capsys):
     assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
     err = capsys.readouterr().err.strip()
     assert err == f'make_report: error: {bad}: gridsearch needs a "path" (the grid folder).'
+
+
+def test_convnet_ladder_names_only_runs(tmp_path, capsys):
+    runs = fake_project(tmp_path)
+    config = json.loads(open(runs).read())
+    config['convnet_ladder'] = ['convnet_default', 'convnet_slow']
+    open(runs, 'w').write(json.dumps(config))
+    assert make_report.main(['--runs', runs, '--out_dir', str(tmp_path), '--no-pdf']) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"make_report: error: {runs}: convnet_ladder names 'convnet_slow', which is not one "
+        'of "runs".')
 
 
 def test_rerun_uses_the_recorded_command(tmp_path):
