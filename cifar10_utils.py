@@ -299,7 +299,6 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     splits = {'train': train_split, 'validation': (images[held_out], labels[held_out]),
               'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
     encode = dense_to_one_hot if one_hot else (lambda y: y)
-    seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
     return {name: DataSet(x, encode(y), seed=s)
             for (name, (x, y)), s in zip(splits.items(), seeds[:3])}
 

@@ -89,12 +89,13 @@ class Run:
         self.data, self.missing = (None, True) if self.problem else (data, False)
 
     def rerun_command(self):
-        """Its recorded command, else runs.json's, with --out_dir the folder and no --resume."""
-        out, skip = [], False
+        """Its recorded command, else runs.json's, with --out_dir the folder, no --resume and
+        no --data_dir (the data is wherever this machine keeps it)."""
+        out, skip, drop = [], False, ('--out_dir', '--resume', '--data_dir')
         for arg in (self.data or {}).get('command') or self.command:
-            if not skip and not arg.startswith(('--out_dir', '--resume')):
+            if not skip and not arg.startswith(drop):
                 out.append(arg)
-            skip = arg in ('--out_dir', '--resume')  # the value follows
+            skip = arg in drop  # the value follows
         return [*out, '--out_dir', self.path] if out else None
 
 
@@ -216,9 +217,9 @@ def run_row(run):
 
 
 def final_and_best(m):
-    """The final test accuracy and the best: of the evaluations on the test set or, for a run
-    that chose on a validation split, that of its best.pt (None where it has none)."""
-    return m['final_test_accuracy'], m.get('best_test_accuracy', m.get('best_pt_test_accuracy'))
+    """The final test accuracy and that of best.pt where a validation split chose it (None
+    elsewhere: the best of several evaluations on the test set was chosen on the test set)."""
+    return m['final_test_accuracy'], m.get('best_pt_test_accuracy')
 
 
 def losses(m):
@@ -247,8 +248,8 @@ def summary(run):
     final, best, _, time, device = run_row(run)
     time = f', {time} on {tex(device)}' if m['wall_seconds'] is not None else ''
     note = status_note(m) and r' \textbf{Run ' + tex(status_note(m)) + '.}'
-    return (f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final} (best evaluation '
-            f'{best}){time}.{note}')
+    best = '' if best == '--' else f' (best.pt, chosen on validation: {best})'
+    return f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final}{best}{time}.{note}'
 
 
 def write_tables(config, out):
@@ -288,8 +289,8 @@ def write_tables(config, out):
         *(define(r.name, 'summary', summary(r)) for r in [*config.runs.values(), config.grid])])
           + '\n')
 
-    runs, head = config.runs.values(), ['final test accuracy', 'best test accuracy', 'steps']
-    short = ['final acc.', 'best acc.', 'steps', 'time']  # the LaTeX tables' narrower head
+    runs, head = config.runs.values(), ['final test accuracy', 'best.pt test accuracy', 'steps']
+    short = ['final acc.', 'best.pt', 'steps', 'time']  # the LaTeX tables' narrower head
     write(f'{out}/results.tex', tex_tabular('lrrrrl', ['model', *short, 'device'],
                                             [[run.label, *run_row(run)] for run in runs]))
     write(f'{out}/results.md', tabulate(
@@ -298,16 +299,16 @@ def write_tables(config, out):
 
     base = config.modifications[0][1] if config.modifications else None
     rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
-             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3]]
+             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3:2]]
             for i, (label, run, _) in enumerate(config.modifications)]
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
     write(f'{out}/modifications.tex', tex_tabular(
         r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
-        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rrr@{}',
-        ['modification', r'\normalfont flags changed', *short[:3]], rows))
+        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
+        ['modification', r'\normalfont flags changed', *short[:3:2]], rows))
     write(f'{out}/modifications.md', tabulate(
         [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
-        ['modification', 'flags changed', *head], 'github', disable_numparse=True) + '\n')
+        ['modification', 'flags changed', *head[::2]], 'github', disable_numparse=True) + '\n')
 
     # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
     write(f'{out}/numpy_ladder.tex', tex_tabular(
@@ -395,10 +396,10 @@ def write_figures(config, out):
             ax_curve.plot(epochs, m[f'{split}_accuracy'], 'o--' if split != 'test' else 'o-',
                           ms=2.5, lw=1.2, c=c, label=run.label)
             final, best = final_and_best(m)
-            best = final if best is None else best
             ax_bar.barh(y, final, color=c, alpha=0.85)
-            ax_bar.plot(best, y, 'k|', ms=12, mew=1.5)  # the caption explains the tick
-            ax_bar.text(max(final, best) + 0.015, y, f'{final:.3f}', va='center', fontsize=8)
+            if best is not None:  # best.pt, chosen on validation; the caption explains the tick
+                ax_bar.plot(best, y, 'k|', ms=12, mew=1.5)
+            ax_bar.text(max(final, best or 0) + 0.015, y, f'{final:.3f}', va='center', fontsize=8)
         ax_curve.set(xlabel='epochs (steps x batch size / 50,000)', ylabel='test accuracy',
                      title='Test accuracy during training')
         if ax_curve.lines:
