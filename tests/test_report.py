@@ -4,6 +4,7 @@ softmax + cross-entropy gradient, the batch-norm gradient's path-by-path form)."
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -346,6 +347,32 @@ def test_rerun_uses_the_recorded_command(tmp_path):
 
 
 # --------------------------------------------------------------------------- the report's math
+
+
+def test_the_committed_report_comes_from_its_runs(tmp_path):
+    """Every run report.tex cites is in runs.json and recorded under report/runs/, and every
+    committed table is what make_report.py writes from those recorded runs."""
+    config = make_report.load_config(os.path.join(ROOT, 'report', 'runs.json'))
+    for run in config.folders:
+        run.load()
+        assert not run.missing, run.problem
+    make_report.write_tables(config, str(tmp_path))
+    for name in os.listdir(tmp_path):
+        with open(os.path.join(ROOT, 'report', 'tables', name)) as f:
+            assert f.read() == (tmp_path / name).read_text(), f'tables/{name} is out of date'
+    with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
+        tex = re.sub(r'(?<!\\)%.*', '', f.read())  # without its comments
+    macros = (tmp_path / 'runs.tex').read_text()
+    cited = [*((name, 'final') for name in re.findall(r'\\finalacc\{([^}]*)\}', tex)),
+             *((name, 'summary') for name in re.findall(r'\\runsummary\{([^}]*)\}', tex)),
+             *re.findall(r'\\runval\{([^}]*)\}\{([^}]*)\}', tex)]
+    assert len(cited) > 20
+    for name, key in cited:
+        if name.startswith('#'):  # the macros' own definitions
+            continue
+        assert f'run:{name}:{key}\\endcsname' in macros, f'{name} {key}'
+    for name in re.findall(r'\\includegraphics[^{]*\{curves_([^}.]*)', tex):
+        assert name in config.runs, name
 
 
 def test_every_test_the_report_cites_exists():
