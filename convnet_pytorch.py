@@ -20,13 +20,30 @@
 Every conv is followed by batch normalisation and a ReLU. The five max-pools halve a 32 x 32
 image down to 1 x 1, so the linear layer sees exactly the 512 channels.
 """
+import torch.nn.functional as F
 from torch import nn
 
 
-def conv_block(in_channels, out_channels):
-    """Conv2d 3x3 stride 1 padding 1 -> BatchNorm2d -> ReLU: (B, in, H, W) -> (B, out, H, W)."""
+class Im2colConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same outputs) computed as one matrix product: the weights,
+    flattened to (out, in * 3 * 3), times every 3 x 3 patch of the input unfolded into a column
+    ("im2col"). conv5_a and conv5_b see 2 x 2 maps, where most of each padded window is zeros
+    and the CPU's convolution kernels run at a third of a matrix product's speed: there this
+    makes a whole training step at batch 128 in bfloat16 about 1.2 times faster on the CPU."""
+
+    def forward(self, x):
+        """x: (B, in, H, W) -> (B, out, H, W)."""
+        patches = F.unfold(x, self.kernel_size, padding=self.padding)  # (B, in * 3 * 3, H * W)
+        rows = patches.transpose(1, 2).flatten(0, 1)  # (B * H * W, in * 3 * 3): one per pixel
+        out = rows @ self.weight.flatten(1).T + self.bias  # (B * H * W, out)
+        return out.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+
+
+def conv_block(in_channels, out_channels, conv=nn.Conv2d):
+    """Conv2d 3x3 stride 1 padding 1 -> BatchNorm2d -> ReLU: (B, in, H, W) -> (B, out, H, W).
+    conv: the Conv2d class that computes it."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1),
+        conv(in_channels, out_channels, kernel_size=3, stride=1, padding=1),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),  # in place: BatchNorm's output is not needed by its backward
     )
@@ -67,8 +84,8 @@ class ConvNet(nn.Module):
         self.conv4_a = conv_block(c(256), c(512))
         self.conv4_b = conv_block(c(512), c(512))
         self.maxpool4 = max_pool()
-        self.conv5_a = conv_block(c(512), c(512))
-        self.conv5_b = conv_block(c(512), c(512))
+        self.conv5_a = conv_block(c(512), c(512), Im2colConv2d)  # on 2 x 2 maps
+        self.conv5_b = conv_block(c(512), c(512), Im2colConv2d)
         self.maxpool5 = max_pool()
         self.avgpool = nn.AvgPool2d(kernel_size=1, stride=1, padding=0)
         self.linear = nn.Linear(c(512), n_classes)

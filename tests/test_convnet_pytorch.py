@@ -14,7 +14,7 @@ from torch import nn
 
 import train_convnet_pytorch
 from cifar10_utils import DataSet
-from convnet_pytorch import ConvNet
+from convnet_pytorch import ConvNet, Im2colConv2d
 from train_convnet_pytorch import PRESETS, make_optimizer, parse_args, read_checkpoint, train
 
 # Table 1 of the assignment: name, then in/out channels of a conv block or of the linear layer.
@@ -71,6 +71,28 @@ def test_architecture_is_table_1():
             assert isinstance(layer, nn.Linear)
             assert (layer.in_features, layer.out_features) == row[1:]
     assert sum(p.numel() for p in model.parameters()) == 9_231_114
+
+
+@pytest.mark.parametrize('size', [1, 2, 3, 5])
+def test_im2col_convolution_equals_conv2d(size):
+    """Im2colConv2d (conv5's layers) is nn.Conv2d computed another way: the same outputs and
+    gradients, in float64, on maps of any size and in either memory layout."""
+    torch.manual_seed(0)
+    conv = Im2colConv2d(6, 5, kernel_size=3, stride=1, padding=1).double()
+    reference = nn.Conv2d(6, 5, kernel_size=3, stride=1, padding=1).double()
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(4, 6, size, size, dtype=torch.float64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        inputs = [x.clone(memory_format=layout).requires_grad_() for _ in range(2)]
+        outputs = [conv(inputs[0]), reference(inputs[1])]
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(outputs[1])
+        for out in outputs:
+            out.backward(grad)
+        for a, b in [(inputs[0].grad, inputs[1].grad), (conv.weight.grad, reference.weight.grad),
+                     (conv.bias.grad, reference.bias.grad)]:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        conv.zero_grad(), reference.zero_grad()
 
 
 def test_forward_gives_logits_per_image():
