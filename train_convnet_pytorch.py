@@ -1,7 +1,7 @@
 """Trains the ConvNet of Table 1 (convnet_pytorch.py) on CIFAR-10, on the CPU or a GPU.
 
     python train_convnet_pytorch.py                        # the course defaults: Adam, 5000 steps
-    python train_convnet_pytorch.py --preset fast          # 0.90 on two CPU cores, bfloat16
+    python train_convnet_pytorch.py --preset fast          # CPU recipe: 0.884 in 47 min, 2 cores
     python train_convnet_pytorch.py --preset long          # augmentation + one-cycle SGD, longer
     python train_convnet_pytorch.py --resume runs/RUN/last.pt   # continues an interrupted run
 
@@ -30,8 +30,9 @@ MAX_STEPS_DEFAULT = 5000
 EVAL_FREQ_DEFAULT = 500
 OPTIMIZER_DEFAULT = 'ADAM'
 
-# 'long' is the classic recipe for VGG-style networks with batch norm: about 51 epochs of SGD
-# with Nesterov momentum, a one-cycle learning rate peaking at 0.05, weight decay, crops, flips.
+# 'long' is the classic recipe for VGG-style networks with batch norm: about 57 epochs of SGD
+# with Nesterov momentum, a one-cycle learning rate peaking at 0.05, weight decay, crops, flips,
+# evaluated on a validation split like 'fast'.
 # 'fast' is the recipe for a CPU: batch 128 (the CPU's best images per second), 25.6 epochs of the
 # 45,000 images left beside a 5,000-image validation split, a one-cycle rate peaking at 0.1,
 # label smoothing, bfloat16 in the channels_last layout, flipped copies averaged in evaluation.
@@ -42,7 +43,7 @@ PRESETS = {
                  flip_test=True),
     'long': dict(optimizer='SGD', learning_rate=0.05, weight_decay=5e-4,
                  lr_schedule='onecycle', augment=True, batch_size=128, max_steps=20000,
-                 eval_freq=1000),
+                 eval_freq=1000, amp=True, channels_last=True, validation_size=5000),
 }
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
 # max_steps too, when a schedule is laid out over it).

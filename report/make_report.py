@@ -45,7 +45,8 @@ STYLE = {'font.size': 9, 'axes.titlesize': 9, 'xtick.labelsize': 8, 'ytick.label
          'axes.spines.top': False, 'axes.spines.right': False}
 TEX_SPECIAL = str.maketrans({'\\': r'\textbackslash{}', '~': r'\textasciitilde{}',
                              '^': r'\textasciicircum{}', **{c: '\\' + c for c in '&%$#_{}'}})
-Config = namedtuple('Config', 'runs grid modifications seeds convnet folders')  # folders: each once
+# folders: every folder once
+Config = namedtuple('Config', 'runs grid modifications seeds convnet changes folders')
 
 
 class ReportError(Exception):
@@ -167,9 +168,12 @@ def load_config(runs_path):
     if unknown:
         raise ReportError(f'{runs_path}: convnet_ladder names {unknown[0]!r}, which is not '
                           'one of "runs".', 2)
+    changes = [folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
+               for i, entry in enumerate(raw.get('convnet_changes', []))]
+    changes = [(run.label, folders.setdefault(os.path.normpath(run.path), run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
-    return Config(runs, grid, modifications, seeds,
-                  [runs[n] for n in raw.get('convnet_ladder', [])], [*folders.values(), grid])
+    convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
+    return Config(runs, grid, modifications, seeds, convnet, changes, [*folders.values(), grid])
 
 
 def rerun(config, names):
@@ -328,6 +332,13 @@ def write_tables(config, out):
     # Table 1's network from the course's defaults to --preset fast, one row a run.
     write(f'{out}/fast.tex', tex_tabular('@{}lrrrr@{}', ['run', *short], [
         [run.label, *run_row(run)[:4]] for run in config.convnet]))
+
+    # And one change a row, each run judged on its validation split and tested once.
+    write(f'{out}/changes.tex', tex_tabular('@{}lrrrr@{}', [
+        'change', 'validation', 'test, once', 'steps', 'time'], [
+        [label, '--' if run.missing or 'final_validation_accuracy' not in run.data else
+         f'{run.data["final_validation_accuracy"]:.3f}', *(run_row(run)[i] for i in (0, 2, 3))]
+        for label, run in config.changes]))
 
     # The spread over seeds: mean and sample standard deviation of the final test accuracy.
     rows = []

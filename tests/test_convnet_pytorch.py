@@ -203,12 +203,13 @@ def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_pat
 
     monkeypatch.setattr(DataSet, 'next_batch', ctrl_c_in_third_step)
     out = tmp_path / 'interrupted'
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's, in a shell's background job
     with pytest.raises(KeyboardInterrupt):
         train(out_dir=str(out), **kwargs)
     with open(out / 'metrics.json') as f:
         assert json.load(f)['status'] == 'interrupted'
     assert read_checkpoint(out / 'last.pt')['step'] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # restored as it was
 
     monkeypatch.setattr(DataSet, 'next_batch', next_batch)
     resumed = train(resume=str(out / 'last.pt'), **kwargs)

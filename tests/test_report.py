@@ -43,7 +43,8 @@ def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='complet
         metrics.update(eval_split='validation', validation_loss=metrics.pop('test_loss'),
                        validation_accuracy=metrics.pop('test_accuracy'),
                        best_validation_accuracy=metrics.pop('best_test_accuracy'),
-                       final_test_accuracy=0.625, best_pt_test_accuracy=0.75)
+                       final_validation_accuracy=acc[-1], final_test_accuracy=0.625,
+                       best_pt_test_accuracy=0.75)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'metrics.json'), 'w') as f:
         json.dump(metrics, f)
@@ -118,6 +119,8 @@ def fake_project(tmp_path, skip=()):
     config['seeds'] = [{'label': 'two seeds', 'paths': [str(runs_dir / RUNS[0]),
                                                         str(runs_dir / RUNS[1])]}]
     config['convnet_ladder'] = ['convnet_default', 'convnet_fast']
+    config['convnet_changes'] = [{'label': '+ a split', 'path': str(runs_dir / 'convnet_fast')},
+                                 {'label': 'no split', 'path': str(runs_dir / 'convnet_default')}]
     path = tmp_path / 'runs.json'
     path.write_text(json.dumps(config))
     return str(path)
@@ -127,7 +130,7 @@ def fake_project(tmp_path, skip=()):
 FIGURES = [*(f'curves_{name}.png' for name in RUNS), 'comparison.pdf', 'comparison.png',
            'gridsearch_heatmap.png']
 TABLES = ['runs.tex', 'results.tex', 'results.md', 'modifications.tex', 'modifications.md',
-          'commands.tex', 'gridsearch.tex']
+          'commands.tex', 'gridsearch.tex', 'changes.tex']
 
 
 def markdown_rows(path):
@@ -175,6 +178,10 @@ def test_every_figure_and_table(report):
     assert (out / 'tables' / 'fast.tex').read_text().splitlines()[4:6] == [
         r'convnet default & 0.500 & -{}- & 30 & about 1 h alone \\',
         r'convnet fast & 0.625 & 0.750 & 30 & 12 s \\']
+    # One change a row: each run's validation accuracy, then its test accuracy, tested once.
+    assert (out / 'tables' / 'changes.tex').read_text().splitlines()[4:6] == [
+        r'+ a split & 0.500 & 0.625 & 30 & 12 s \\',
+        r'no split & -{}- & 0.500 & 30 & about 1 h alone \\']
     mods = markdown_rows(out / 'tables' / 'modifications.md')
     # No times in the ladder: its runs shared a machine, so their wall times do not compare.
     assert mods[0] == ['modification', 'flags changed', 'final test accuracy', 'steps']
