@@ -33,7 +33,7 @@ N_INPUTS, N_CLASSES = 3072, 10
 # (hidden, batch, recipe): [0] a default train_mlp_numpy.py run's network and batch; [1] set
 # against NumPy's matmul; the last the --preset best recipe (batch norm, dropout, AdamW).
 BEST = dict(batchnorm=True, dropout=0.2, init='kaiming')
-MLP_CONFIGS = (([100], 200, None), ([1000, 1000], 512, None), ([500] * 4, 400, None),
+MLP_CONFIGS = (([100], 200, {}), ([1000, 1000], 512, {}), ([500] * 4, 400, {}),
                ([1024, 1024], 256, BEST))
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
 LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
@@ -77,18 +77,16 @@ def row(measurement, value, reference, unit, target):
 
 
 def bench_mlp(quick):
-    """NumPy against PyTorch MLP steps (float32, CPU) on one batch: SGD, then the best recipe
-    with AdamW; and the NumPy step's GFLOP/s against NumPy's float32 matmul rate, measured in
-    the same rounds (the same load)."""
+    """NumPy against PyTorch MLP steps (float32, CPU) on one batch, SGD or the best recipe's
+    AdamW; the NumPy step's GFLOP/s against NumPy's float32 matmul rate in the same rounds."""
     lr, rng, rows = train_mlp_numpy.LEARNING_RATE_DEFAULT, np.random.default_rng(0), []
     x = rng.normal(0, 60, (512, N_INPUTS)).astype(np.float32)
     labels = rng.integers(0, N_CLASSES, 512)
     a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
     for i, (hidden, batch, recipe) in enumerate(MLP_CONFIGS):
-        np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng,
-                                 **(recipe or {}))
-        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES, **(
-            {**recipe, 'batchnorm': 'torch'} if recipe else {}))
+        np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng, **recipe)
+        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES,
+                                      **({**recipe, 'batchnorm': 'torch'} if recipe else {}))
         name, decay = ('adamw', 1e-2) if recipe else ('sgd', 0.0)
         np_opt = train_mlp_numpy.make_optimizer(name, np_model.parameters(), lr, 0, decay)
         opt = train_mlp_pytorch.make_optimizer(name, torch_model.parameters(), lr, 0, decay)

@@ -3,14 +3,7 @@
     cifar10 = get_cifar10('cifar10/cifar-10-batches-py')
     x, y = cifar10['train'].next_batch(200)   # x: float32 (200, 3, 32, 32), y: float32 (200, 10)
 
-Images keep the course's pixel scale (0..255) minus the training set's mean image. They are read
-from ``data_dir`` (default ``$CIFAR10_DIR``, else ``cifar10/cifar-10-batches-py``), the folder of
-``data_batch_1`` .. ``data_batch_5`` and ``test_batch``. When it is missing, the official archive
-is downloaded (``$CIFAR10_URL`` and ``$CIFAR10_MD5`` name a mirror), verified against its MD5,
-extracted with tarfile's ``data`` filter into a temporary folder beside ``data_dir`` and moved
-into place only when complete; ``download=False`` or ``CIFAR10_DOWNLOAD=0`` switches this off.
-The batch pickles are read by an unpickler that admits only what a batch holds (NumPy arrays,
-lists, strings, numbers): a tampered file cannot run code.
+Images keep the course's pixel scale (0..255) minus the training set's mean image.
 """
 import hashlib
 import os
@@ -32,24 +25,19 @@ TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 TEST_FILES = ('test_batch',)
 BATCH_FILES = TRAIN_FILES + TEST_FILES
 N_CLASSES = 10
-IMAGE_SHAPE = (3, 32, 32)
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 
 class CIFAR10Error(RuntimeError):
     """The data cannot be found, fetched or read; the message says what to do."""
 
 
-# --------------------------------------------------------------------------- reading
 class _BatchUnpickler(pickle.Unpickler):
-    """Resolves only the globals that rebuild the NumPy arrays of a batch file (a Python 2
-    pickle of a dict of a uint8 ndarray, lists of ints and byte strings)."""
+    """Resolves only the globals that rebuild a batch file's NumPy arrays (it is a Python 2 pickle
+    of a dict of a uint8 ndarray, lists of ints and byte strings): a tampered file runs no code."""
 
-    ALLOWED = {
-        ('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy._core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
-        ('_codecs', 'encode'),  # how Python 3 writes bytes in protocol 2
-    }
+    ALLOWED = {('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
+               ('numpy._core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
+               ('_codecs', 'encode')}  # _codecs.encode: how Python 3 writes bytes in protocol 2
 
     def find_class(self, module, name):
         if module.startswith('numpy.core'):  # pickles written before NumPy 2
@@ -83,15 +71,13 @@ def load_batch(path):
                            "'data' array of shape (N, 3072) and N 'labels').") from None
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise CIFAR10Error(f'{path} has labels outside 0..9.')
-    # The rows are already laid out as 3 planes of 32 x 32: a reshape, no copy.
-    return data.reshape(-1, *IMAGE_SHAPE), labels
+    return data.reshape(-1, 3, 32, 32), labels  # rows are 3 planes of 32 x 32 already: no copy
 
 
-# --------------------------------------------------------------------------- download
 def download_cifar10(data_dir, url=None, md5=None):
-    """Downloads, verifies and extracts the archive so that data_dir holds the batch files. All is
-    written in a temporary folder beside data_dir, renamed to data_dir only once the archive is
-    verified and extracted: an interrupted or corrupt download leaves nothing behind."""
+    """Downloads the archive from $CIFAR10_URL, checks it against $CIFAR10_MD5 (defaults: the
+    official ones) and extracts it with tarfile's 'data' filter into a temporary folder beside
+    data_dir, renamed data_dir only once complete: a failed download leaves nothing behind."""
     url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
     md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
     data_dir = os.path.abspath(data_dir)
@@ -109,20 +95,17 @@ def download_cifar10(data_dir, url=None, md5=None):
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, 'wb') as f:
                 size = response.headers.get('Content-Length')
                 total = int(size) if size and size.isdigit() else None
-                with tqdm(total=total, unit='B', unit_scale=True, desc='CIFAR-10',
-                          leave=False) as bar:
+                with tqdm.wrapattr(f, 'write', total=total, desc='CIFAR-10', leave=False) as out:
                     while chunk := response.read(1 << 20):
-                        f.write(chunk)
+                        out.write(chunk)
                         digest.update(chunk)
-                        bar.update(len(chunk))
         except (OSError, ValueError) as e:  # URLError, timeouts; ValueError: a bad URL
             raise CIFAR10Error(
                 f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
-                'network access, place the batch files of cifar-10-python.tar.gz (data_batch_1..5,'
-                f' test_batch) in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.'
-            ) from None
-        if total is not None and bar.n != total:
-            raise CIFAR10Error(f'The download from {url} stopped after {bar.n} of {total} '
+                'network access, put data_batch_1..5 and test_batch from cifar-10-python.tar.gz '
+                f'in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.') from None
+        if total is not None and (received := os.path.getsize(archive)) != total:
+            raise CIFAR10Error(f'The download from {url} stopped after {received} of {total} '
                                'bytes; nothing was kept. Try again.')
         if (got := digest.hexdigest()) != md5:
             raise CIFAR10Error(f'The archive from {url} has MD5 {got}, expected {md5}: it is '
@@ -147,18 +130,16 @@ def download_cifar10(data_dir, url=None, md5=None):
 
 def ensure_cifar10(data_dir, download=True):
     """Returns data_dir once it holds the batch files, downloading them when allowed."""
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise CIFAR10Error(f'{data_dir} is a file; point --data_dir or CIFAR10_DIR at the '
-                           'folder with data_batch_1..5 and test_batch.')
     missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(data_dir, n))]
     if not missing:
         return data_dir
-    if os.path.isdir(data_dir) and len(missing) < len(BATCH_FILES):
+    if len(missing) < len(BATCH_FILES):
         raise CIFAR10Error(f'{data_dir} lacks {", ".join(missing)}. Put the missing batch '
                            'files there, or delete the folder to download it again.')
-    if os.path.exists(data_dir) and os.listdir(data_dir):
-        raise CIFAR10Error(f'{data_dir} exists but holds no CIFAR-10 batch files. Point --data_dir '
-                           'or CIFAR10_DIR at the folder with data_batch_1..5 and test_batch.')
+    if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
+        found = 'holds no CIFAR-10 batch files' if os.path.isdir(data_dir) else 'is a file'
+        raise CIFAR10Error(f'{data_dir} {found}; point --data_dir or CIFAR10_DIR at the folder '
+                           'with data_batch_1..5 and test_batch.')
     switch = os.environ.get('CIFAR10_DOWNLOAD', '1').strip().lower()
     if not download or switch in ('0', 'false', 'no', 'off', ''):
         raise CIFAR10Error(f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
@@ -175,17 +156,10 @@ def default_data_dir():
     return os.environ.get('CIFAR10_DIR') or CIFAR10_FOLDER
 
 
-# --------------------------------------------------------------------------- in memory
 class DataSet:
-    """Images and labels of one split, served in shuffled mini-batches.
-
-    Attributes (to read; next_batch and load_state_dict move them on):
-        images: float32 (N, 3, 32, 32); num_examples: N.
-        labels: float32 one-hot (N, 10), or int64 (N,).
-        epochs_completed: how many full passes next_batch has finished.
-        rng: the Generator behind the batch order; random augmentation draws from it too, so
-            that state_dict() holds all the randomness of a training run.
-    """
+    """Images float32 (N, 3, 32, 32) and labels (float32 one-hot (N, 10) or int64 (N,)) of a
+    split, in shuffled mini-batches. rng orders them; augmentation draws from it too, so that
+    state_dict() holds all of a run's randomness."""
 
     def __init__(self, images, labels, seed=None):
         if len(images) != len(labels):
@@ -193,23 +167,21 @@ class DataSet:
         self.images, self.labels, self.num_examples = images, labels, len(images)
         self.epochs_completed = self._index_in_epoch = 0
         self.rng = np.random.default_rng(seed)
-        # Every epoch is shuffled, the first too: a file's stored order may be sorted by class.
-        self._order = self.rng.permutation(self.num_examples)
+        self._order = self.rng.permutation(self.num_examples)  # files may be sorted by class
 
     def next_batch(self, batch_size):
-        """The next (images, labels) batch, reshuffling when an epoch ends. An epoch's last
-        incomplete batch is skipped, so every batch has batch_size examples."""
+        """The next (images, labels) batch. An epoch's last incomplete batch is skipped (every
+        batch has batch_size examples), then the order is reshuffled and epochs_completed grows."""
         if not 0 < batch_size <= self.num_examples:
             raise ValueError(f'batch_size must be between 1 and the {self.num_examples} '
                              f'examples of this set, got {batch_size}.')
         start = self._index_in_epoch
         if start + batch_size > self.num_examples:
             self.epochs_completed += 1
-            # Shuffle an index, not the 600 MB of images: each batch gathers just its rows.
-            self._order = self.rng.permutation(self.num_examples)
+            self._order = self.rng.permutation(self.num_examples)  # shuffle indices, not images
             start = 0
-        self._index_in_epoch = end = start + batch_size
-        idx = self._order[start:end]
+        self._index_in_epoch = start + batch_size
+        idx = self._order[start:self._index_in_epoch]
         return self.images[idx], self.labels[idx]
 
     def state_dict(self):
@@ -230,25 +202,21 @@ class DataSet:
 
 def random_crop_flip(images, rng, padding=4):
     """Each image cropped at a random offset from itself zero-padded by `padding` pixels, then
-    flipped left-right with probability 1/2 (padding=0: flips only). images: (B, C, H, W) -> a
-    new array of the same shape; rng: a numpy Generator. Zero is the mean pixel here (the mean
-    image is subtracted), so the padding adds no false edges."""
-    b, c, h, w = images.shape
+    flipped left-right with probability 1/2. images: (B, C, H, W) -> a new array of that shape;
+    rng: a numpy Generator. Zero is the mean pixel here: the padding adds no false edges."""
+    b, _, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    crops = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # no copy
     dy, dx = rng.integers(0, 2 * padding + 1, size=(2, b))
-    rows = dy[:, None] + np.arange(h)  # (B, H): the padded rows each image takes
-    cols = dx[:, None] + np.arange(w)
+    out = crops[np.arange(b), :, dy, dx]  # (B, C, 2p+1, 2p+1, H, W) -> (B, C, H, W), a copy
     flip = rng.random(b) < 0.5
-    cols[flip] = cols[flip, ::-1]
-    return padded[np.arange(b)[:, None, None, None], np.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    out[flip] = out[flip, ..., ::-1]
+    return out
 
 
 def dense_to_one_hot(labels, n_classes=N_CLASSES, dtype=np.float32):
     """int array (N,) -> one-hot array (N, n_classes)."""
-    out = np.zeros((len(labels), n_classes), dtype=dtype)
-    out[np.arange(len(labels)), labels] = 1
-    return out
+    return np.eye(n_classes, dtype=dtype)[labels]
 
 
 def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, seed=None):
@@ -256,28 +224,24 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     (N, 3, 32, 32) minus the mean image of the (remaining) training set.
 
     Args:
-        data_dir: folder with data_batch_1..5 and test_batch; default $CIFAR10_DIR or
-            cifar10/cifar-10-batches-py. Downloaded there when missing (see the module doc).
+        data_dir: folder with data_batch_1..5 and test_batch (default: default_data_dir()),
+            downloaded there when missing, unless download=False or $CIFAR10_DOWNLOAD=0.
         one_hot: labels as float32 one-hot (N, 10) if True, else int64 (N,).
         validation_size: how many training images are held out as the validation set, drawn
             stratified (each class in its share) by the seed; the rest stay in order.
-        download: whether a missing dataset may be downloaded.
-        seed: seeds the validation draw and the shuffling of next_batch, for reproducible
-            runs.
+        seed: seeds the validation draw and next_batch's shuffling, for reproducible runs.
     Raises ValueError (a bad validation_size), CIFAR10Error (data not found, downloaded or read).
     """
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
         raise ValueError(f'validation_size must be an integer, got {validation_size!r}.')
-    data_dir = data_dir or default_data_dir()
-    ensure_cifar10(data_dir, download)
-    train = [load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES]
+    data_dir = ensure_cifar10(data_dir or default_data_dir(), download)
+    raw, labels = zip(*(load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES))
+    raw, labels = np.concatenate(raw), np.concatenate(labels)  # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
-    starts = np.cumsum([0] + [len(y) for _, y in train])  # where each batch begins, and N
-    n_train, v = int(starts[-1]), validation_size
+    n_train, v = len(raw), validation_size
     if not 0 <= v < n_train:
         raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
                          f'training set has {n_train} images), got {validation_size!r}.')
-    labels = np.concatenate([y for _, y in train])
     seeds = np.random.SeedSequence(seed).spawn(4) if seed is not None else [None] * 4
     held_out = np.zeros(n_train, dtype=bool)
     if v:  # stratified: each class gives its share of the v images, the seed picks which
@@ -286,15 +250,10 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
             members = order[labels[order] == c]
             rank[members] = (np.arange(len(members)) + 0.5) / len(members)  # place in class
         held_out[np.argsort(rank, kind='stable')[:v]] = True
-    # The mean of the training images that stay is summed in float64 (exact) from the uint8
-    # rows, a pass over 150 MB instead of over the 600 MB of float32 images.
-    total = sum((x[~held_out[s:e]] if v else x).sum(axis=0, dtype=np.float64)
-                for (x, _), s, e in zip(train, starts, starts[1:]))
-    mean_image = (total / (n_train - v)).astype(np.float32)
-    images = np.empty((n_train, *IMAGE_SHAPE), np.float32)
-    # Convert and subtract in one pass straight into the final array: no uint8 or float32 copy.
-    for (x, _), s, e in zip(train, starts, starts[1:]):
-        np.subtract(x, mean_image, out=images[s:e])
+    # The kept images' mean: all minus the held-out ones, summed exactly in float64 over uint8.
+    kept_sum = raw.sum(axis=0, dtype=np.float64) - raw[held_out].sum(axis=0, dtype=np.float64)
+    mean_image = (kept_sum / (n_train - v)).astype(np.float32)
+    images = np.subtract(raw, mean_image, dtype=np.float32)  # converts and subtracts in one pass
     train_split = (images[~held_out], labels[~held_out]) if v else (images, labels)
     splits = {'train': train_split, 'validation': (images[held_out], labels[held_out]),
               'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}

@@ -100,8 +100,7 @@ def add_mlp_flags(p, dnn_hidden_units, batchnorms):
 def parse_with_preset(parser, argv, presets):
     """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
     preset = parser.parse_known_args(argv)[0].preset
-    if preset is not None:
-        parser.set_defaults(**presets[preset])
+    parser.set_defaults(**presets.get(preset, {}))  # None: no --preset
     return parser.parse_args(argv)
 
 

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import joblib
@@ -66,8 +67,7 @@ def build_grid(args):
     grid = dict(DEFAULT_GRID)
     if args.grid:
         try:
-            with open(args.grid) as f:
-                from_file = json.load(f)
+            from_file = json.loads(Path(args.grid).read_text())
         except OSError as e:
             raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
         except json.JSONDecodeError as e:
@@ -210,7 +210,7 @@ def stop_like_ctrl_c(signum, frame):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out_dir = args.out_dir or os.path.join('runs', time.strftime('gridsearch-%Y%m%d-%H%M%S'))
+    out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
     started = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:  # every input is checked before the data loads: a bad one costs no fit
@@ -242,8 +242,7 @@ def main(argv=None):
                           cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
                           n_jobs=-1 if args.scheduler else args.n_jobs)
         fits = args.cv * math.prod(map(len, grid.values()))
-        # joblib calls print_progress here after each fit, wherever it ran: patched, it moves the
-        # progress bar, and patch.object puts the original back when the search ends.
+        # joblib calls print_progress after each fit, wherever it ran: patched, it moves the bar.
         with (cluster, joblib.parallel_config('dask' if args.scheduler else 'loky'),
               tqdm(total=fits, unit='fit', desc='grid search') as bar,
               mock.patch.object(joblib.Parallel, 'print_progress',
@@ -273,8 +272,8 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'cv_results.csv'), 'w', newline='') as f:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / 'cv_results.csv', 'w', newline='') as f:
         writer = csv.writer(f)  # scikit-learn's cv_results_, a row a setting
         writer.writerow(res)
         for row in zip(*res.values()):  # optimizers by name, lists and dicts as JSON
@@ -286,16 +285,15 @@ def main(argv=None):
     headers = ['rank', 'CV accuracy (mean ± std)'] + [
         'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
     rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}', *(r[k] for k in keys)] for r in table]
-    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-        f.write(tabulate(rows, headers, 'github', floatfmt='g') + '\n')
-    with open(os.path.join(out_dir, 'results.tex'), 'w') as f:  # a whole table, as the report
-        f.write('\\begin{table}[t]\n\\centering\n\\small\n'  # inputs it
-                + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid '
-                'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
-                'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
-    plot_heatmap(table, os.path.join(out_dir, 'heatmap.png'),
+    (out_dir / 'results.md').write_text(tabulate(rows, headers, 'github', floatfmt='g') + '\n')
+    (out_dir / 'results.tex').write_text(  # a whole table, as the report inputs it
+        '\\begin{table}[t]\n\\centering\n\\small\n'
+        + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid search '
+        'over the PyTorch MLP: mean and standard deviation of the cross-validated accuracy over '
+        'the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
+    plot_heatmap(table, out_dir / 'heatmap.png',
                  f'{args.cv}-fold CV on {len(y)} training images, {args.max_epochs} epochs per fit')
-    write_json(os.path.join(out_dir, 'best.json'), {
+    write_json(out_dir / 'best.json', {
         'best_params': best, 'best_cv_score': table[0]['mean'], 'best_cv_std': table[0]['std'],
         'test_accuracy': test_accuracy, 'validation_size': args.validation_size,
         'validation_accuracy': validation_accuracy, 'grid': grid, 'cv': args.cv,

@@ -13,6 +13,7 @@ folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last comple
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +31,12 @@ MAX_STEPS_DEFAULT = 5000
 EVAL_FREQ_DEFAULT = 500
 OPTIMIZER_DEFAULT = 'ADAM'
 
-# 'long' is the classic recipe for VGG-style networks with batch norm: about 57 epochs of SGD
-# with Nesterov momentum, a one-cycle learning rate peaking at 0.05, weight decay, crops, flips,
-# evaluated on a validation split like 'fast'.
-# 'fast' is the recipe for a CPU: batch 128 (the CPU's best images per second), 25.6 epochs of the
-# 45,000 images left beside a 5,000-image validation split, a one-cycle rate peaking at 0.1,
-# label smoothing, bfloat16 in the channels_last layout, flipped copies averaged in evaluation.
+# 'fast', for a CPU: 25.6 epochs in batches of 128 (the CPU's best images per second); 'long':
+# the classic recipe for VGG-style networks with batch norm, about 57 epochs.
 PRESETS = {
     'fast': dict(optimizer='SGD', learning_rate=0.1, weight_decay=5e-4, label_smoothing=0.1,
-                 lr_schedule='onecycle', augment=True, batch_size=128, max_steps=9000,
-                 eval_freq=1500, amp=True, channels_last=True, validation_size=5000,
-                 flip_test=True),
+                 lr_schedule='onecycle', augment=True, batch_size=128, max_steps=9000, amp=True,
+                 eval_freq=1500, channels_last=True, validation_size=5000, flip_test=True),
     'long': dict(optimizer='SGD', learning_rate=0.05, weight_decay=5e-4,
                  lr_schedule='onecycle', augment=True, batch_size=128, max_steps=20000,
                  eval_freq=1000, amp=True, channels_last=True, validation_size=5000),
@@ -52,10 +48,9 @@ TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 
 
 
 def make_optimizer(name, model, learning_rate, weight_decay=0.0):
-    """Adam, or SGD with Nesterov momentum 0.9. Weight decay applies to the weights of the
-    convolutions and the linear layer only: batch norm undoes any shrinking of the weights in
-    front of it, so decaying its own scale and shift, or the biases, only fights it. fused: one
-    pass over all parameters, which makes Adam's update on the CPU about 5 times faster."""
+    """Adam, or SGD with Nesterov momentum 0.9. Weight decay spares the biases and batch norm's
+    scale and shift: batch norm undoes any shrinking of the weights before it, so decaying those
+    only fights it. fused: one pass over all parameters, Adam's update on the CPU 5 times faster."""
     params = [{'params': [p for p in model.parameters() if p.ndim > 1]},
               {'params': [p for p in model.parameters() if p.ndim <= 1], 'weight_decay': 0.0}]
     if name == 'SGD':
@@ -66,24 +61,12 @@ def make_optimizer(name, model, learning_rate, weight_decay=0.0):
     raise ValueError(f'optimizer must be one of ADAM, SGD, got {name!r}.')
 
 
-def make_schedule(name, optimizer, max_steps):
-    """A learning-rate schedule stepped once per training step, or None for a constant rate."""
-    if name == 'onecycle':
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=optimizer.param_groups[0]['lr'], total_steps=max_steps)
-    if name != 'constant':
-        raise ValueError(f'lr_schedule must be one of constant, onecycle, got {name!r}.')
-    return None
-
-
 def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None, label_smoothing=0.0):
     """One update of model on a batch; returns the loss as a 0-dim tensor on x's device,
     without waiting for it (the caller decides when to synchronise).
 
-    x: float32 (B, 3, 32, 32) images; y: int64 (B,) labels. amp_dtype: autocast to it;
-    scaler: a GradScaler, for float16. label_smoothing: the target puts this much of its mass
-    evenly on all classes.
-    """
+    x: float32 (B, 3, 32, 32) images; y: int64 (B,) labels. amp_dtype: autocast to it; scaler:
+    a GradScaler (float16). label_smoothing: the share of each target spread over all classes."""
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -99,35 +82,26 @@ def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None, label_smooth
 
 def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, flip=False):
     """Mean loss and accuracy over a whole split in eval mode, batch_size images at a time to
-    bound memory. The model is evaluated as a copy in which each batch norm, an affine map in
-    eval mode, is folded into the nn.Conv2d before it (one pass over the activations
-    instead of two), in the channels_last layout that the CPU's convolutions prefer: about 1.2
-    times the images per second of the model as it is.
+    bound memory. It runs a copy of the model with each batch norm (an affine map in eval mode)
+    folded into the convolution before it, in the channels_last layout the CPU's convolutions
+    prefer: one pass over the activations instead of two, 1.2 times the images per second.
 
     images: float32 array (N, 3, 32, 32); labels: int64 array (N,). flip: average the logits
-    of each image and of its mirror image (test-time augmentation; twice the work).
-    """
+    of each image and of its mirror image (test-time augmentation; twice the work)."""
     folded = fuse(model.eval()).to(memory_format=torch.channels_last)  # fuse copies the model
     model.train()
     total_loss, correct = 0.0, 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
                                                 enabled=amp_dtype is not None):
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start:start + batch_size]).to(device)
-            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
+        for x, y in zip(torch.from_numpy(images).split(batch_size),
+                        torch.from_numpy(labels).split(batch_size)):
+            x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
             logits = folded(x).float()
             if flip:
                 logits = (logits + folded(x.flip(3)).float()) / 2
             total_loss += F.cross_entropy(logits, y, reduction='sum').item()
             correct += (logits.argmax(dim=1) == y).sum().item()
     return total_loss / len(images), correct / len(images)
-
-
-def save_checkpoint(path, state):
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    torch.save(state, f'{path}.tmp')
-    os.replace(f'{path}.tmp', path)
 
 
 def read_checkpoint(path):
@@ -145,19 +119,19 @@ def read_checkpoint(path):
 
 
 def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
-          batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT,
-          optimizer=OPTIMIZER_DEFAULT, data_dir=None, seed=42, out_dir=None,
-          weight_decay=0.0, lr_schedule='constant', augment=False, device='auto', amp=False,
-          channels_last=False, validation_size=0, label_smoothing=0.0, flip_test=False,
-          preset=None, resume=None, overwrite=False):
+          batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT, optimizer=OPTIMIZER_DEFAULT,
+          data_dir=None, seed=42, out_dir=None, weight_decay=0.0, lr_schedule='constant',
+          augment=False, device='auto', amp=False, channels_last=False, validation_size=0,
+          label_smoothing=0.0, flip_test=False, preset=None, resume=None, overwrite=False):
     """Trains the ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
-    with; out_dir defaults to its folder. preset only records where the flags came from.
-    """
+    with; out_dir defaults to its folder. preset only records where the flags came from."""
     flags = dict(locals())  # every argument, as metrics.json records them
     if not 0 <= label_smoothing < 1:
         raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
+    if lr_schedule not in ('constant', 'onecycle'):
+        raise ValueError(f'lr_schedule must be one of constant, onecycle, got {lr_schedule!r}.')
     state, start = read_checkpoint(resume) if resume else None, 1
     if state is not None:
         saved = state['flags']
@@ -165,9 +139,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         if lr_schedule != 'constant' and saved.get('max_steps') != max_steps:
             changed.append('max_steps')
         if changed:
-            raise ValueError(f'{resume} was trained with '
-                             f'{", ".join(f"--{n} {saved.get(n)}" for n in changed)}; a '
-                             'resumed run must keep them.')
+            given = ', '.join(f'--{n} {saved.get(n)}' for n in changed)
+            raise ValueError(f'{resume} was trained with {given}; a resumed run must keep them.')
         if state['step'] > max_steps:
             raise ValueError(f'{resume} is at step {state["step"]}, beyond --max_steps '
                              f'{max_steps}.')
@@ -179,18 +152,22 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
 
     dev = select_device(device)
     amp_dtype = autocast_dtype(dev, amp)  # bfloat16 needs no loss scaling; float16 does
+    run.metrics['device'] = str(dev)
+    run.metrics['precision'] = str(amp_dtype or torch.float32).removeprefix('torch.')
     torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(seed)
     model = ConvNet(3, cifar10_utils.N_CLASSES).to(dev, memory_format=layout)
     opt = make_optimizer(optimizer, model, learning_rate, weight_decay)
-    schedule = make_schedule(lr_schedule, opt, max_steps)
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max_steps)
+                if lr_schedule == 'onecycle' else None)  # None: a constant rate
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
                                      validation_size=validation_size)
     train_set, eval_set = data['train'], data[split]
+    evaluate_on = partial(evaluate, model, device=dev, amp_dtype=amp_dtype, flip=flip_test)
 
-    if state is not None:
+    if state is not None:  # one run, one metrics.json, across interruptions
         try:
             model.load_state_dict(state['model'])
             opt.load_state_dict(state['optimizer'])
@@ -203,28 +180,26 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         except (KeyError, TypeError, ValueError, RuntimeError):
             raise ValueError(f'{resume} does not hold the states of this run (model, '
                              'optimizer, schedule, batch order).') from None
+        for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
+                    f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
+            run.metrics[key] = state['metrics'][key]
+        run.metrics['resumed'] = [*state['metrics'].get('resumed', []),
+                                  {'from': resume, 'step': start - 1}]
+        run.started -= state['metrics']['wall_seconds']
 
     def checkpoint(name, step):
         """The whole state after `step`: what --resume needs to go on bit for bit."""
-        save_checkpoint(run.path(name), {
+        path = run.path(name)
+        torch.save({
             'model': model.state_dict(), 'optimizer': opt.state_dict(),
             'scheduler': schedule.state_dict() if schedule is not None else None,
             'scaler': scaler.state_dict() if scaler is not None else None, 'step': step,
             'rng': {'torch': torch.get_rng_state(), 'train_set': train_set.state_dict()},
             'metrics': {**run.metrics, 'wall_seconds': time.perf_counter() - run.started},
-            'flags': flags})
+            'flags': flags}, f'{path}.tmp')
+        os.replace(f'{path}.tmp', path)  # a crash never leaves half a checkpoint
 
     with run:
-        run.metrics['device'] = str(dev)
-        run.metrics['precision'] = str(amp_dtype or torch.float32).removeprefix('torch.')
-        if state is not None:  # one run, one metrics.json, across interruptions
-            for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
-                        f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
-                run.metrics[key] = state['metrics'][key]
-            run.metrics['resumed'] = [*state['metrics'].get('resumed', []),
-                                      {'from': resume, 'step': start - 1}]
-            run.started -= state['metrics']['wall_seconds']
-        model.train()
         for step in range(start, max_steps + 1):
             if run.stop_requested:  # Ctrl-C, answered between two steps
                 checkpoint('last.pt', step - 1)
@@ -235,26 +210,22 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             if augment:
                 images = cifar10_utils.random_crop_flip(images, train_set.rng)
             # from_numpy shares the batch's memory: the only copy is the one to the device.
-            x = torch.from_numpy(images).to(dev, non_blocking=True)
-            x = x.contiguous(memory_format=layout)
+            x = torch.from_numpy(images).to(dev, memory_format=layout, non_blocking=True)
             y = torch.from_numpy(labels).to(dev, non_blocking=True)
             loss = train_step(model, opt, x, y, amp_dtype, scaler, label_smoothing)
             if schedule is not None:
                 schedule.step()
             run.log_step(step, loss)
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate(model, eval_set.images, eval_set.labels, dev,
-                                             amp_dtype=amp_dtype, flip=flip_test))
+                run.log_eval(step, *evaluate_on(eval_set.images, eval_set.labels))
                 checkpoint('last.pt', step)
                 if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
                     checkpoint('best.pt', step)
         if split == 'validation':  # the test set, once: the final weights, then best.pt's
             test = data['test']
-            run.metrics['final_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
-                                                          amp_dtype=amp_dtype, flip=flip_test)[1]
+            run.metrics['final_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
             model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
-            run.metrics['best_pt_test_accuracy'] = evaluate(model, test.images, test.labels, dev,
-                                                            amp_dtype=amp_dtype, flip=flip_test)[1]
+            run.metrics['best_pt_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
     return run.metrics
 
 
@@ -268,8 +239,7 @@ def build_parser():
     p.add_argument('--label_smoothing', type=non_negative_float, default=0.0,
                    help='the share of each target spread evenly over all classes, in [0, 1)')
     p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
-                   help='learning-rate schedule over max_steps; onecycle peaks at '
-                        '--learning_rate')
+                   help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate')
     p.add_argument('--augment', action='store_true',
                    help='random crops (4-pixel padding) and horizontal flips of each batch')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
@@ -282,8 +252,7 @@ def build_parser():
     p.add_argument('--flip_test', action='store_true',
                    help='evaluate each image averaged with its mirror image')
     p.add_argument('--resume', metavar='PATH',
-                   help="continue the run of a checkpoint (its folder's last.pt or best.pt) "
-                        'with the flags it was started with, in its folder')
+                   help='continue a run from its last.pt or best.pt, with its flags, in its folder')
     return p
 
 

@@ -46,14 +46,13 @@ def autocast_dtype(device, amp):
 class Run:
     """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
 
-    Made before any data is loaded, it refuses at once an out_dir it could not write or that
-    holds another run (unless overwrite). Inside ``with``, Ctrl-C or SIGTERM sets
-    stop_requested, which the loop reads between steps (a second one stops at once). Leaving
-    saves metrics.json and curves.png: 'completed', 'interrupted' or 'diverged'. metrics.json
-    also holds the flags, the command that reproduces the run, per step the training loss, per
-    evaluation the loss and accuracy on eval_split ('test', or 'validation': then the script
-    sets final_test_accuracy once, at the end), and the wall time.
-    """
+    Made before any data loads, it refuses at once an out_dir it cannot write or that holds
+    another run (unless overwrite). Inside ``with``, Ctrl-C or SIGTERM sets stop_requested,
+    which the loop reads between steps (a second one stops at once). Leaving saves curves.png
+    and metrics.json: status 'completed', 'interrupted' or 'diverged', the flags, the command
+    that reproduces the run, the training loss per step, the loss and accuracy on eval_split
+    per evaluation ('validation': the script sets final_test_accuracy once, at the end), and
+    the wall time."""
 
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
                  overwrite=False, eval_split='test'):
@@ -121,11 +120,10 @@ class Run:
         self.stop_requested, self.signal = True, signum
 
     def __enter__(self):
-        self._previous = {}
+        self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self._previous = {s: signal.signal(s, self._on_signal)
                               for s in (signal.SIGINT, signal.SIGTERM)}
-        self.bar = None
         return self
 
     def __exit__(self, kind, error, traceback):
@@ -148,8 +146,8 @@ def check_out_dir(out_dir, overwrite=False):
     """ValueError, before any work, for an out_dir that cannot be written or that holds files
     (another run's, which this one would overwrite) when overwrite is False."""
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        hint = (f', continue it with --resume {os.path.join(out_dir, "last.pt")}'
-                if os.path.exists(os.path.join(out_dir, 'last.pt')) else '')
+        last = os.path.join(out_dir, 'last.pt')
+        hint = f', continue it with --resume {last}' if os.path.exists(last) else ''
         raise ValueError(f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
                          'or pass --overwrite to replace its files.')
     parent = out_dir  # the folder to write in, or the nearest existing one above it

@@ -4,8 +4,7 @@ describes the format), then builds report.pdf when pdflatex is installed.
 Unchanged runs give byte-identical files. A run's curves are train_utils.plot_curves's, the
 grid's table and heatmap gridsearch.py's; only the comparison of all runs is drawn here. Exit
 status: 0 done (also without LaTeX), 1 a run is missing or a rerun or LaTeX failed, 2 runs.json
-or a flag is wrong.
-"""
+or a flag is wrong."""
 import csv
 import json
 import os
@@ -29,12 +28,11 @@ from command_line import ArgumentParser  # noqa: E402
 from train_utils import plot_curves  # noqa: E402
 
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
-ACCURACIES = ('final_test_accuracy', 'best_test_accuracy')
 NUMBER, OR_NULL = (int, float), (int, float, type(None))
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
 SHAPES = {'metrics.json': {**dict.fromkeys(SERIES, list), 'flags': dict, 'status': str,
                            'command': list, 'device': (str, type(None)), 'wall_seconds': OR_NULL,
-                           **dict.fromkeys(ACCURACIES, OR_NULL)},
+                           'final_test_accuracy': OR_NULL, 'best_test_accuracy': OR_NULL},
           'best.json': {'best_params': dict, 'best_cv_score': NUMBER, 'cv': int, 'n_train': int,
                         'max_epochs': int, 'test_accuracy': OR_NULL, 'command': list}}
 # No dates or versions in the figures: unchanged runs give byte-identical files.
@@ -108,8 +106,7 @@ def shape_problem(data, record):
     split = f'{data.get("eval_split", "test")}_'
     shapes = {k if k == 'final_test_accuracy' else k.replace('test_', split): kind
               for k, kind in SHAPES[record].items()}
-    wrong = [key for key, kind in shapes.items() if not isinstance(data.get(key), kind)]
-    if wrong:
+    if wrong := [key for key, kind in shapes.items() if not isinstance(data.get(key), kind)]:
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
     if not all(isinstance(arg, str) for arg in data['command']):
         return 'has a "command" that is not a list of strings'
@@ -135,6 +132,9 @@ def load_config(runs_path):
         return Run(name, str(entry.get('label', name)), entry['path'], command, record,
                    time=entry.get('time') and str(entry['time']))
 
+    def shared(run):  # a folder runs.json names twice is one Run, read once
+        return folders.setdefault(os.path.normpath(run.path), run)
+
     try:
         with open(runs_path) as f:
             raw = json.load(f)
@@ -152,25 +152,21 @@ def load_config(runs_path):
         row = folder(entry, f'modifications[{i}]')
         twins = {key: folder(entry[key], f'modifications[{i}].{key}')
                  for key in ('numpy', 'validation') if key in entry}
-        modifications.append((row.label, folders.setdefault(os.path.normpath(row.path), row),
-                              {key: folders.setdefault(os.path.normpath(twin.path), twin)
-                               for key, twin in twins.items()}))
+        modifications.append((row.label, shared(row),
+                              {key: shared(twin) for key, twin in twins.items()}))
     seeds = []  # (label, [the same command's runs with other seeds])
     for i, entry in enumerate(raw.get('seeds', [])):
         paths = entry.get('paths') if isinstance(entry, dict) else None
         if not (isinstance(paths, list) and len(paths) > 1):
-            raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run '
-                              'folders.', 2)
-        seeds.append((str(entry.get('label', i)), [
-            folders.setdefault(os.path.normpath(path), folder({'path': path}, f'seeds[{i}]'))
-            for path in paths]))
-    unknown = [n for n in raw.get('convnet_ladder', []) if n not in runs]
-    if unknown:
+            raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run folders.', 2)
+        seeds.append((str(entry.get('label', i)),
+                      [shared(folder({'path': path}, f'seeds[{i}]')) for path in paths]))
+    if unknown := [n for n in raw.get('convnet_ladder', []) if n not in runs]:
         raise ReportError(f'{runs_path}: convnet_ladder names {unknown[0]!r}, which is not '
                           'one of "runs".', 2)
     changes = [folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
                for i, entry in enumerate(raw.get('convnet_changes', []))]
-    changes = [(run.label, folders.setdefault(os.path.normpath(run.path), run)) for run in changes]
+    changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
     convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
     return Config(runs, grid, modifications, seeds, convnet, changes, [*folders.values(), grid])
@@ -209,21 +205,17 @@ def status_note(m):
 
 
 def run_row(run):
-    """[final, best, steps, time, device] of one run, as text."""
+    """[final, best, steps, time, device] of one run, as text. best: best.pt's test accuracy where
+    a validation split chose it, else '--' (the best of test evaluations was chosen on the test)."""
     if run.missing:
         return ['missing', '--', '--', '--', '--']
     m, s, status = run.data, run.data['wall_seconds'], run.data['status']
     steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
-    time = run.time or '--' if s is None or not np.isfinite(s) else run.time or (
-        f'{s:.0f} s' if s < 100 else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
-    return [*('--' if v is None else f'{v:.3f}' for v in final_and_best(m)),
+    time = run.time or ('--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100
+                        else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
+    return [*('--' if v is None else f'{v:.3f}'
+              for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))),
             steps, time, m.get('device') or 'cpu']
-
-
-def final_and_best(m):
-    """The final test accuracy and that of best.pt where a validation split chose it (None
-    elsewhere: the best of several evaluations on the test set was chosen on the test set)."""
-    return m['final_test_accuracy'], m.get('best_pt_test_accuracy')
 
 
 def losses(m):
@@ -257,12 +249,13 @@ def summary(run):
 
 
 def write_tables(config, out):
-    """tables/: runs.tex (\\runval's values), results and modifications (.tex; .md for the
-    README), commands.tex (Appendix A) and gridsearch.tex."""
-    def tex_tabular(colspec, head, rows):  # booktabs; head in LaTeX, rows in plain text
-        return '\n'.join([f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head)
-                          + r' \\', r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows),
-                          r'\bottomrule', r'\end{tabular}']) + '\n'
+    """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
+    modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
+    def table(name, colspec, head, rows):  # NAME.tex, booktabs; head in LaTeX, rows plain text
+        write(f'{out}/{name}.tex', '\n'.join([
+            f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head) + r' \\',
+            r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows), r'\bottomrule',
+            r'\end{tabular}']) + '\n')
 
     def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
         return ' '.join(f'no --{k}' if v is None or v is False else f'--{k}' if v is True else
@@ -295,8 +288,7 @@ def write_tables(config, out):
 
     runs, head = config.runs.values(), ['final test accuracy', 'best.pt test accuracy', 'steps']
     short = ['final acc.', 'best.pt', 'steps', 'time']  # the LaTeX tables' narrower head
-    write(f'{out}/results.tex', tex_tabular('lrrrrl', ['model', *short, 'device'],
-                                            [[run.label, *run_row(run)] for run in runs]))
+    table('results', 'lrrrrl', ['model', *short, 'device'], [[r.label, *run_row(r)] for r in runs])
     write(f'{out}/results.md', tabulate(
         [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
         ['model', 'command', *head, 'time', 'device'], 'github', disable_numparse=True) + '\n')
@@ -306,39 +298,34 @@ def write_tables(config, out):
              flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3:2]]
             for i, (label, run, _) in enumerate(config.modifications)]
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
-    write(f'{out}/modifications.tex', tex_tabular(
-        r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
-        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
-        ['modification', r'\normalfont flags changed', *short[:3:2]], rows))
+    table('modifications', r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
+          r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
+          ['modification', r'\normalfont flags changed', *short[:3:2]], rows)
     write(f'{out}/modifications.md', tabulate(
         [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
         ['modification', 'flags changed', *head[::2]], 'github', disable_numparse=True) + '\n')
 
     # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
-    write(f'{out}/numpy_ladder.tex', tex_tabular(
-        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
-        ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
-        [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
-         for label, run, twins in config.modifications if 'numpy' in twins]))
+    table('numpy_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
+          ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
+          [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
+           for label, run, twins in config.modifications if 'numpy' in twins])
     # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
-    write(f'{out}/validation_ladder.tex', tex_tabular(
-        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
-        ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
-        [[twin.label.removeprefix('validation: '), *(f'{m[k]:.3f}' if m else 'missing' for k in (
-            'final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
-         for _, run, twins in config.modifications if 'validation' in twins
-         for twin in [twins['validation']] for m in [twin.data]]))
+    table('validation_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
+          ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
+          [[twin.label.removeprefix('validation: '), *(f'{m[k]:.3f}' if m else 'missing' for k in (
+              'final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
+           for _, run, twins in config.modifications if 'validation' in twins
+           for twin in [twins['validation']] for m in [twin.data]])
 
     # Table 1's network from the course's defaults to --preset fast, one row a run.
-    write(f'{out}/fast.tex', tex_tabular('@{}lrrrr@{}', ['run', *short], [
-        [run.label, *run_row(run)[:4]] for run in config.convnet]))
-
+    table('fast', '@{}lrrrr@{}', ['run', *short],
+          [[run.label, *run_row(run)[:4]] for run in config.convnet])
     # And one change a row, each run judged on its validation split and tested once.
-    write(f'{out}/changes.tex', tex_tabular('@{}lrrrr@{}', [
-        'change', 'validation', 'test, once', 'steps', 'time'], [
+    table('changes', '@{}lrrrr@{}', ['change', 'validation', 'test, once', 'steps', 'time'], [
         [label, '--' if run.missing or 'final_validation_accuracy' not in run.data else
          f'{run.data["final_validation_accuracy"]:.3f}', *(run_row(run)[i] for i in (0, 2, 3))]
-        for label, run in config.changes]))
+        for label, run in config.changes])
 
     # The spread over seeds: mean and sample standard deviation of the final test accuracy.
     rows = []
@@ -346,8 +333,7 @@ def write_tables(config, out):
         values = [run.data['final_test_accuracy'] for run in group if not run.missing]
         rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
                      if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
-    write(f'{out}/seeds.tex', tex_tabular('@{}lrl@{}', ['runs', 'final test accuracy',
-                                                        'each seed'], rows))
+    table('seeds', '@{}lrl@{}', ['runs', 'final test accuracy', 'each seed'], rows)
 
     write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
         r'\begin{description}\setlength\itemsep{2pt}',
@@ -406,7 +392,7 @@ def write_figures(config, out):
             split = m.get('eval_split', 'test')  # validation: dashed, tested once at the end
             ax_curve.plot(epochs, m[f'{split}_accuracy'], 'o--' if split != 'test' else 'o-',
                           ms=2.5, lw=1.2, c=c, label=run.label)
-            final, best = final_and_best(m)
+            final, best = m['final_test_accuracy'], m.get('best_pt_test_accuracy')
             ax_bar.barh(y, final, color=c, alpha=0.85)
             if best is not None:  # best.pt, chosen on validation; the caption explains the tick
                 ax_bar.plot(best, y, 'k|', ms=12, mew=1.5)
