@@ -161,6 +161,7 @@ def test_default_run_on_real_data(real_cifar, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
     finals = [train_mlp_pytorch.train(data_dir=real_cifar, seed=seed,
                                       out_dir=str(tmp_path / str(seed)))['final_test_accuracy']
@@ -169,6 +170,7 @@ def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 def test_best_preset_on_real_data(real_cifar, tmp_path):
     """`--preset best`: at least 0.60 test accuracy, in at most 10 minutes on 2 CPU cores."""
     result = run_script(['--preset', 'best', '--data_dir', real_cifar,
