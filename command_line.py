@@ -53,14 +53,15 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     p.add_argument('--batch_size', type=positive_int, default=batch_size,
                    help='examples per training step')
     p.add_argument('--eval_freq', type=positive_int, default=eval_freq,
-                   help='evaluate on the whole test set every this many steps (and at the end)')
+                   help='evaluate every this many steps (and at the end), on the whole '
+                        'validation split if there is one, else the test set')
     p.add_argument('--data_dir', help='folder with the CIFAR-10 batch files, downloaded there '
                    'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)')
     p.add_argument('--validation_size', type=non_negative_int, default=0,
                    help='hold out this many training images (stratified, drawn by the seed) '
                         'for the evaluations during training (and what they choose); the test '
                         'set is then evaluated once, at the end')
-    p.add_argument('--seed', type=int, default=42,
+    p.add_argument('--seed', type=non_negative_int, default=42,
                    help='seed of the initialisation and of the batch order')
     p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '
                    '(default: a new folder under runs/)')
@@ -77,8 +78,10 @@ def add_mlp_flags(p, dnn_hidden_units, batchnorms):
     choices of --batchnorm ('none' first), each explained in the script's help."""
     p.add_argument('--dnn_hidden_units', type=hidden_units, default=dnn_hidden_units,
                    help='comma-separated sizes of the hidden layers, e.g. 500,500')
-    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd')
-    p.add_argument('--momentum', type=non_negative_float, default=0.0, help='SGD momentum')
+    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd',
+                   help='adamw: Adam with decoupled weight decay')
+    p.add_argument('--momentum', type=non_negative_float, default=0.0,
+                   help='momentum of --optimizer sgd')
     p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
                    help='weight decay (decoupled for adamw, L2 otherwise)')
     p.add_argument('--dropout', type=non_negative_float, default=0.0,
@@ -123,6 +126,8 @@ def cli(train, args):
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     except KeyboardInterrupt as e:
+        if not hasattr(e, 'signal'):  # else the run has said what it saved
+            print('Interrupted before the first step; nothing was saved.', file=sys.stderr)
         return 128 + getattr(e, 'signal', signal.SIGINT)
     print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
           f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')

@@ -191,28 +191,32 @@ def build_parser():
     p.add_argument('--no_refit', action='store_true',
                    help='skip refitting the best setting on the whole training set')
     p.add_argument('--scheduler', help='a Dask scheduler, tcp://HOST:PORT, to run the fits')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='cpu')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='cpu',
+                   help='of every fit (auto: CUDA when available)')
     p.add_argument('--data_dir', help='CIFAR-10 batch folder (default: $CIFAR10_DIR, else '
                    'cifar10/cifar-10-batches-py)')
-    p.add_argument('--seed', type=int, default=42, help='seed of the folds and of every fit')
+    p.add_argument('--seed', type=non_negative_int, default=42,
+                   help='seed of the folds and of every fit')
     p.add_argument('--out_dir', help='output folder (default: a new folder under runs/)')
     p.add_argument('--overwrite', action='store_true',
                    help='write into --out_dir even when it holds files of another search')
     return p
 
 
-def stop_like_ctrl_c(signum, frame):
-    """SIGTERM (kill, a job scheduler) stops the search as Ctrl-C does, exit status 143."""
-    interrupt = KeyboardInterrupt()
-    interrupt.signal = signum
-    raise interrupt
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM, args[0] the signal. Not a KeyboardInterrupt: skorch's fit catches that
+    as "stop training early" and returns, and the search would go on and write its results."""
+
+
+def stop(signum, frame):
+    raise Interrupted(signum)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
     started = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:  # every input is checked before the data loads: a bad one costs no fit
         grid = build_grid(args)
         if args.cv < 2:
@@ -266,11 +270,12 @@ def main(argv=None):
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
-    except KeyboardInterrupt as e:
+    except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: from a worker
         print('Interrupted; no results were written.', file=sys.stderr)
-        return 128 + getattr(e, 'signal', signal.SIGINT)
+        return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / 'cv_results.csv', 'w', newline='') as f:

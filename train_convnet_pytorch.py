@@ -140,7 +140,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             changed.append('max_steps')
         if changed:
             given = ', '.join(f'--{n} {saved.get(n)}' for n in changed)
-            raise ValueError(f'{resume} was trained with {given}; a resumed run must keep them.')
+            raise ValueError(f'{resume} was trained with {given}; a resumed run keeps the '
+                             'flags it started with.')
         if state['step'] > max_steps:
             raise ValueError(f'{resume} is at step {state["step"]}, beyond --max_steps '
                              f'{max_steps}.')

@@ -38,6 +38,8 @@ def make_optimizer(name, params, learning_rate, momentum=0.0, weight_decay=0.0):
     as train_mlp_pytorch.py makes torch.optim's."""
     if name == 'sgd':
         return optimizers.SGD(params, learning_rate, momentum, weight_decay=weight_decay)
+    if momentum:  # Adam's counterpart is its beta1, not a flag here
+        raise ValueError(f'--momentum applies only to --optimizer sgd, not {name}.')
     if name in ('adam', 'adamw'):
         adam = optimizers.Adam if name == 'adam' else optimizers.AdamW
         return adam(params, learning_rate, weight_decay=weight_decay)

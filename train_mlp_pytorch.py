@@ -35,6 +35,8 @@ def make_optimizer(name, params, learning_rate, momentum=0.0, weight_decay=0.0):
     if name == 'sgd':
         return torch.optim.SGD(params, lr=learning_rate, momentum=momentum,
                                weight_decay=weight_decay)
+    if momentum:  # Adam's counterpart is its beta1, not a flag here
+        raise ValueError(f'--momentum applies only to --optimizer sgd, not {name}.')
     if name in ('adam', 'adamw'):
         adam = torch.optim.Adam if name == 'adam' else torch.optim.AdamW
         return adam(params, lr=learning_rate, weight_decay=weight_decay)

@@ -57,18 +57,18 @@ class Run:
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
                  overwrite=False, eval_split='test'):
         name = os.path.basename(script)
-        if out_dir is None:
-            out_dir = base = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
-            n = 1
-            while os.path.exists(out_dir):
-                n, out_dir = n + 1, f'{base}-{n + 1}'
-        check_out_dir(out_dir, overwrite)
+        self.named = bool(out_dir)  # else a new folder, made at the first write (see path)
+        if not self.named:
+            out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
+        check_out_dir(out_dir, overwrite or not self.named)
         self.out_dir, self.stop_requested, self.signal = out_dir, False, signal.SIGINT
+        self.made = False
         self.started = time.perf_counter()
         versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
                     if m in sys.modules}  # str: weights_only loading refuses TorchVersion
+        argv = flags_to_argv({k: v for k, v in flags.items() if k != 'resume'})  # from step 1
         self.metrics = dict(
-            script=name, out_dir=out_dir, command=['python', name, *flags_to_argv(flags)],
+            script=name, out_dir=out_dir, command=['python', name, *argv],
             flags=flags, status='running', steps=[], train_loss=[], eval_steps=[],
             eval_split=eval_split, **{f'{eval_split}_loss': [], f'{eval_split}_accuracy': [],
                                       f'final_{eval_split}_accuracy': None,
@@ -79,6 +79,17 @@ class Run:
         self._bar_args = dict(total=max_steps, initial=start_step - 1, desc=name[:-3])
 
     def path(self, name):
+        """out_dir/name, making out_dir first: a run that fails to start leaves no folder, and
+        of two runs started in the same second the second takes the name with -2 (mkdir fails
+        for all but one), never the first one's folder."""
+        base, n = self.out_dir, 1
+        while not self.made:
+            try:
+                os.makedirs(self.out_dir, exist_ok=self.named)
+                self.made = True
+            except FileExistsError:
+                n += 1
+                self.out_dir = self.metrics['out_dir'] = f'{base}-{n}'
         return os.path.join(self.out_dir, name)
 
     def log_step(self, step, loss):
@@ -108,11 +119,11 @@ class Run:
     def save(self, status=None):
         """Writes metrics.json atomically (and curves.png with a final status)."""
         self.metrics['wall_seconds'] = time.perf_counter() - self.started
-        os.makedirs(self.out_dir, exist_ok=True)  # at the first save: a failed start leaves none
+        path = self.path('metrics.json')  # makes the folder, and may rename it: first
         if status is not None:
             self.metrics['status'] = status
             plot_curves(self.metrics, self.path('curves.png'))
-        write_json(self.path('metrics.json'), self.metrics)
+        write_json(path, self.metrics)
 
     def _on_signal(self, signum, frame):
         if self.stop_requested:
@@ -127,12 +138,15 @@ class Run:
         return self
 
     def __exit__(self, kind, error, traceback):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
         if self.bar is not None:
             self.bar.close()
-        if kind in (None, KeyboardInterrupt, FloatingPointError):
-            self.save({None: 'completed', KeyboardInterrupt: 'interrupted'}.get(kind, 'diverged'))
+        try:  # the handlers stay until the last save: a Ctrl-C now cannot cut it short
+            if kind in (None, KeyboardInterrupt, FloatingPointError):
+                self.save({None: 'completed', KeyboardInterrupt: 'interrupted'}.get(kind,
+                                                                                   'diverged'))
+        finally:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
         if kind is KeyboardInterrupt:
             error.signal = self.signal  # cli's exit status: 128 + its number
             print(f'Stopped by {signal.Signals(self.signal).name} after step '

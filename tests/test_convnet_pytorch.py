@@ -183,6 +183,7 @@ def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_convnet, tmp_p
         assert resumed[key] == straight[key], key
     assert resumed['status'] == 'completed' and resumed['flags']['max_steps'] == 6
     assert resumed['resumed'] == [{'from': str(tmp_path / 'halves' / 'last.pt'), 'step': 3}]
+    assert '--resume' not in resumed['command']  # the command runs it again from step 1
     assert resumed['wall_seconds'] > 0
 
 
@@ -400,7 +401,7 @@ def test_train_checks_its_arguments(fake_cifar, small_convnet, tmp_path, kwargs,
 def test_resume_refuses_a_changed_run(fake_cifar, small_convnet, tmp_path):
     train(max_steps=2, batch_size=10, data_dir=fake_cifar, out_dir=str(tmp_path / 'run'))
     last = str(tmp_path / 'run' / 'last.pt')
-    with pytest.raises(ValueError, match=r"trained with --batch_size 10; a resumed run must"):
+    with pytest.raises(ValueError, match=r"trained with --batch_size 10; a resumed run keeps"):
         train(max_steps=4, batch_size=20, data_dir=fake_cifar, resume=last)
     with pytest.raises(ValueError, match='is at step 2, beyond --max_steps 1'):
         train(max_steps=1, batch_size=10, data_dir=fake_cifar, resume=last)
@@ -430,7 +431,7 @@ def test_resume_on_the_command_line_keeps_the_saved_flags(fake_cifar, small_conv
                                        '--learning_rate', '0.1']) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f'train_convnet_pytorch.py: error: {last} was trained with --learning_rate '
-                   '0.001, --seed 42; a resumed run must keep them.')
+                   '0.001, --seed 42; a resumed run keeps the flags it started with.')
 
 
 def test_help_explains_every_flag():

@@ -14,6 +14,7 @@ from conftest import ROOT, find_real_cifar
 import train_convnet_pytorch
 import train_mlp_numpy
 import train_mlp_pytorch
+import train_utils
 from cifar10_utils import DataSet
 from train_utils import Run
 
@@ -82,8 +83,8 @@ def test_sigterm_stops_like_ctrl_c(script, fake_cifar, small_convnet, tmp_path, 
         return next_batch(self, batch_size)
 
     monkeypatch.setattr(DataSet, 'next_batch', sigterm_in_second_step)
-    out = tmp_path / 'run'
-    assert script.main(small_run(fake_cifar, out, '--max_steps', '50')) == 143
+    out = tmp_path / 'run'  # not made yet: the first evaluation (step 50) is not reached
+    assert script.main(small_run(fake_cifar, out, '--max_steps', '50', '--eval_freq', '50')) == 143
     with open(out / 'metrics.json') as f:
         metrics = json.load(f)
     assert metrics['status'] == 'interrupted' and metrics['steps'] == [1, 2]
@@ -189,3 +190,62 @@ def test_a_torn_step_promises_no_checkpoint(fake_cifar, small_convnet, tmp_path,
     assert not (out / 'last.pt').exists()
     with open(out / 'metrics.json') as f:
         assert json.load(f)['status'] == 'interrupted'
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Without --out_dir (or with an empty one) each run takes a new folder under runs/, named
+    by the second it started; two started together both pick the name, and the one that writes
+    second takes the name with -2 instead of writing into the other's folder."""
+    class Frozen(train_utils.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(train_utils, 'datetime', Frozen)
+    monkeypatch.chdir(tmp_path)
+    first, second = Run('train_x.py', {'seed': 1}), Run('train_x.py', {'seed': 2}, out_dir='')
+    for run in (second, first, Run('train_x.py', {'seed': 3})):
+        with run:
+            run.log_step(1, 2.3)
+    folders = {run.metrics['flags']['seed']: run.out_dir for run in (first, second, run)}
+    assert folders == {2: 'runs/train_x-20260102-030405', 1: 'runs/train_x-20260102-030405-2',
+                       3: 'runs/train_x-20260102-030405-3'}
+    for seed, folder in folders.items():
+        with open(os.path.join(folder, 'metrics.json')) as f:
+            metrics = json.load(f)
+        assert metrics['flags']['seed'] == seed and metrics['out_dir'] == folder
+
+
+def test_ctrl_c_while_the_run_is_saved_does_not_cut_the_save_short(tmp_path, monkeypatch):
+    """A Ctrl-C that lands after the last step, while metrics.json and curves.png are written,
+    lets the run end as completed: the handlers stay until the save is done."""
+    plot = train_utils.plot_curves
+
+    def ctrl_c_while_plotting(metrics, path):
+        os.kill(os.getpid(), signal.SIGINT)
+        plot(metrics, path)
+
+    monkeypatch.setattr(train_utils, 'plot_curves', ctrl_c_while_plotting)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with Run('train_x.py', {}, str(tmp_path / 'run')) as run:
+            run.log_step(1, 2.3)
+    except KeyboardInterrupt:
+        pytest.fail('the Ctrl-C cut the final save short')
+    with open(tmp_path / 'run' / 'metrics.json') as f:
+        assert json.load(f)['status'] == 'completed'
+    assert (tmp_path / 'run' / 'curves.png').exists()
+    assert signal.getsignal(signal.SIGINT) == handler
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
+def test_ctrl_c_before_the_first_step_is_one_sentence(script, fake_cifar, small_convnet,
+                                                      tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the data loads: exit 130, one sentence, no folder."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script.cifar10_utils, 'get_cifar10', interrupted)
+    assert script.main(small_run(fake_cifar, tmp_path / 'run')) == 130
+    assert last_error(capsys) == 'Interrupted before the first step; nothing was saved.'
+    assert not (tmp_path / 'run').exists()

@@ -100,6 +100,29 @@ def test_sigterm_stops_the_search_like_ctrl_c(fake_cifar, tmp_path, capsys, monk
     assert not out.exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_a_fit_stops_the_search(signum, fake_cifar, tmp_path, capsys,
+                                                monkeypatch):
+    """skorch's fit takes a KeyboardInterrupt for "stop training early" and returns: the signal
+    must still end the search, with nothing written, not cut one fit short and go on."""
+    forward, calls = gridsearch.MLP.forward, []
+
+    def signal_in_tenth_batch(self, x):
+        calls.append(1)
+        if len(calls) == 10:
+            os.kill(os.getpid(), signum)
+        return forward(self, x)
+
+    monkeypatch.setattr(gridsearch.MLP, 'forward', signal_in_tenth_batch)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = tmp_path / 'out'
+    assert gridsearch.main([*TINY, '--data_dir', fake_cifar, '--out_dir', str(out)]) == 128 + signum
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ('Interrupted; no results were '
+                                                                'written.')
+    assert len(calls) == 10 and not out.exists()
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 @pytest.mark.parametrize('subsample', ['5', '19'])
 def test_subsample_too_small_for_the_folds(subsample, fake_cifar, tmp_path, capsys):
     """Fewer images than classes x folds cannot be split stratified: one sentence, no fit."""

@@ -144,6 +144,8 @@ def run_script(args, cwd, timeout=120):
     (['--weight_decay=-1'], 'argument --weight_decay: expected a finite number >= 0'),
     (['--dnn_hidden_units', '100,x'], 'argument --dnn_hidden_units: expected comma-separated'),
     (['--preset', 'fastest'], "argument --preset: invalid choice: 'fastest'"),
+    (['--optimizer', 'adamw', '--momentum', '0.9'], 'error: --momentum applies only to '
+                                                    '--optimizer sgd, not adamw.'),
 ])
 def test_bad_flags_exit_2_with_one_line(fake_cifar, tmp_path, args, message):
     result = run_script([*args, '--data_dir', fake_cifar], cwd=tmp_path)

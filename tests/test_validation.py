@@ -36,7 +36,7 @@ def test_choices_on_validation_test_once(script, fake_cifar, small_convnet, tmp_
             max_steps=8, batch_size=10, eval_freq=2, data_dir=fake_cifar, validation_size=50,
             resume=str(out / 'last.pt'))
         assert resumed['eval_steps'] == [2, 4, 6, 8] and len(resumed['validation_accuracy']) == 4
-        with pytest.raises(ValueError, match='--validation_size 50; a resumed run must keep'):
+        with pytest.raises(ValueError, match='--validation_size 50; a resumed run keeps the flags'):
             train_convnet_pytorch.train(max_steps=10, batch_size=10, data_dir=fake_cifar,
                                         resume=str(out / 'last.pt'))
 
