@@ -9,10 +9,19 @@ import sys
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (and exit status 2) instead of usage + error."""
+    """argparse with a one-line error message (and exit status 2) instead of usage + error, and
+    a help that gives each flag's default (but None: the flag's help says what it means)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _number(convert, low_ok, what):
@@ -44,8 +53,7 @@ def hidden_units(text):
 
 def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):
     """The flags every train script has, with its course defaults; doc: its docstring."""
-    p = ArgumentParser(description=doc.split('\n\n')[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=doc.split('\n\n')[0])
     p.add_argument('--learning_rate', type=positive_float, default=learning_rate,
                    help='learning rate of the optimizer')
     p.add_argument('--max_steps', type=positive_int, default=max_steps,

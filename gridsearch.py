@@ -11,7 +11,6 @@ estimates what train_mlp_pytorch.py reaches with that setting. The best setting 
 on the whole training set and tested once. Writes to --out_dir: cv_results.csv, results.md,
 results.tex, heatmap.png and best.json.
 """
-import argparse
 import contextlib
 import csv
 import json
@@ -169,8 +168,7 @@ def comma_list(convert):
 
 
 def build_parser():
-    p = ArgumentParser(description=__doc__.split('\n\n')[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
     g = p.add_argument_group('the grid (each flag a comma-separated list; flags beat --grid)')
     g.add_argument('--grid', help='JSON file of lists, e.g. {"dropout": [0.0, 0.2]}')
     g.add_argument('--hidden_units', type=lambda text: [hidden_units(a) for a in text.split(';')],

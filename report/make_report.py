@@ -438,7 +438,7 @@ def main(argv=None):
     p = ArgumentParser(prog='make_report.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--runs', default=os.path.join(REPORT_DIR, 'runs.json'), help='the runs to read')
     p.add_argument('--out_dir', default=REPORT_DIR,
-                   help='where figures/, tables/ and report.pdf go (default: report/)')
+                   help='where figures/, tables/ and report.pdf go')
     p.add_argument('--rerun', nargs='*', metavar='NAME',
                    help='first rerun every run (or those named) with its recorded command')
     p.add_argument('--allow-missing', action='store_true',

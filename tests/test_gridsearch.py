@@ -280,3 +280,4 @@ def test_cli_help():
                          capture_output=True, text=True, timeout=60).stdout
     for flag in ('--grid', '--subsample', '--n_jobs', '--scheduler', '--max_epochs', '--cv'):
         assert flag in out
+    assert '(default: 5)' in out and '(default: None)' not in out

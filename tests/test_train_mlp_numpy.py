@@ -150,6 +150,9 @@ def test_cli_run_and_help(fake_cifar, tmp_path):
     for flag in ('--dnn_hidden_units', '--learning_rate', '--max_steps', '--batch_size',
                  '--eval_freq', '--data_dir', '--seed', '--out_dir'):
         assert flag in help_text
+    help_text = ' '.join(help_text.split())  # unwrapped
+    assert '(default: 0.002)' in help_text and '(default: None)' not in help_text
+    assert '(default: a new folder under runs/) --overwrite' in help_text
 
 
 def test_default_run_on_real_data(real_cifar, tmp_path):
