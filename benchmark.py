@@ -27,7 +27,7 @@ import train_mlp_numpy
 import train_mlp_pytorch
 from convnet_pytorch import ConvNet
 from modules import CrossEntropyModule
-from train_utils import autocast_dtype, select_device, write_json
+from train_utils import select_device, write_json
 
 N_INPUTS, N_CLASSES = 3072, 10
 # (hidden, batch, recipe): [0] a default train_mlp_numpy.py run's network and batch; [1] set
@@ -118,7 +118,7 @@ def bench_convnet(quick, device):
     labels = rng.integers(0, N_CLASSES, n_eval)
     x, y = (torch.from_numpy(a[:batch]).to(dev) for a in (images, labels))
     opt = convnet_script.make_optimizer('ADAM', model, lr)
-    bf16 = autocast_dtype(dev, amp=True) == torch.bfloat16
+    bf16 = convnet_script.autocast_dtype(dev, amp=True) == torch.bfloat16
     fns = {}
     for dtype, amp_dtype in [('float32', None), *([('bfloat16', torch.bfloat16)] if bf16 else [])]:
         fns[f'train {dtype}'] = partial(convnet_script.train_step, model, opt, x, y, amp_dtype)

@@ -22,7 +22,7 @@ from torch.fx.experimental.optimization import fuse
 import cifar10_utils
 from command_line import cli, make_parser, non_negative_float, parse_with_preset
 from convnet_pytorch import ConvNet
-from train_utils import Run, autocast_dtype, select_device
+from train_utils import Run, select_device
 
 # The course's defaults.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -45,6 +45,21 @@ PRESETS = {
 # max_steps too, when a schedule is laid out over it).
 TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
                     'augment', 'seed', 'validation_size', 'label_smoothing')
+
+
+def autocast_dtype(device, amp):
+    """The dtype --amp computes in on device, None for float32: on a GPU bfloat16 where it
+    has it, else float16; on a CPU bfloat16 where it has native support (AVX512-BF16 or AMX,
+    which the convolutions use), else None with a warning: emulated it would be slower."""
+    if not amp:
+        return None
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    print('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
+          'float32.', file=sys.stderr)
+    return None
 
 
 def make_optimizer(name, model, learning_rate, weight_decay=0.0):

@@ -27,22 +27,6 @@ def select_device(name='auto'):
     return torch.device('cuda' if name == 'auto' else name)
 
 
-def autocast_dtype(device, amp):
-    """The dtype --amp computes in on device, None for float32: on a GPU bfloat16 where it
-    has it, else float16; on a CPU bfloat16 where it has native support (AVX512-BF16 or AMX,
-    which the convolutions use), else None with a warning: emulated it would be slower."""
-    import torch
-    if not amp:
-        return None
-    if device.type == 'cuda':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        return torch.bfloat16
-    print('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
-          'float32.', file=sys.stderr)
-    return None
-
-
 class Run:
     """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
 
@@ -57,12 +41,12 @@ class Run:
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
                  overwrite=False, eval_split='test'):
         name = os.path.basename(script)
-        self.named = bool(out_dir)  # else a new folder, made at the first write (see path)
+        self.named = bool(out_dir)  # else a new folder under runs/
         if not self.named:
             out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
         check_out_dir(out_dir, overwrite or not self.named)
-        self.out_dir, self.stop_requested, self.signal = out_dir, False, signal.SIGINT
-        self.made = False
+        self.out_dir, self.made = out_dir, False  # made at the first write (see path)
+        self.stop_requested, self.signal = False, signal.SIGINT
         self.started = time.perf_counter()
         versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
                     if m in sys.modules}  # str: weights_only loading refuses TorchVersion
