@@ -42,9 +42,9 @@ PRESETS = {
                  eval_freq=1000, amp=True, channels_last=True, validation_size=5000),
 }
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
-# max_steps too, when a schedule is laid out over it).
+# max_steps too, when a schedule is laid out over it). amp: bfloat16 rounds every step.
 TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
-                    'augment', 'seed', 'validation_size', 'label_smoothing')
+                    'augment', 'seed', 'validation_size', 'label_smoothing', 'amp')
 
 
 def autocast_dtype(device, amp):

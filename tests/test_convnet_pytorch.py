@@ -403,6 +403,8 @@ def test_resume_refuses_a_changed_run(fake_cifar, small_convnet, tmp_path):
     last = str(tmp_path / 'run' / 'last.pt')
     with pytest.raises(ValueError, match=r"trained with --batch_size 10; a resumed run keeps"):
         train(max_steps=4, batch_size=20, data_dir=fake_cifar, resume=last)
+    with pytest.raises(ValueError, match='trained with --amp False; a resumed run keeps'):
+        train(max_steps=4, batch_size=10, data_dir=fake_cifar, resume=last, amp=True)
     with pytest.raises(ValueError, match='is at step 2, beyond --max_steps 1'):
         train(max_steps=1, batch_size=10, data_dir=fake_cifar, resume=last)
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pt')
