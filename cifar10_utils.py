@@ -204,6 +204,8 @@ def random_crop_flip(images, rng, padding=4):
     """Each image cropped at a random offset from itself zero-padded by `padding` pixels, then
     flipped left-right with probability 1/2. images: (B, C, H, W) -> a new array of that shape;
     rng: a numpy Generator. Zero is the mean pixel here: the padding adds no false edges."""
+    if padding < 0:
+        raise ValueError(f'the padding of the crops must be >= 0, got {padding}.')
     b, _, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     crops = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # no copy

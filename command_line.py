@@ -24,6 +24,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class FlagError(argparse.ArgumentTypeError, ValueError):
+    """A bad value: argparse prints its message as it is, and train(...) raises it as a
+    ValueError when the value comes from Python."""
+
+
 def _number(convert, low_ok, what):
     def parse(text):
         try:
@@ -31,7 +36,7 @@ def _number(convert, low_ok, what):
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and (value > 0 or (low_ok and value == 0))):
-            raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
+            raise FlagError(f'expected {what}, got {text!r}')
         return value
     return parse
 
@@ -46,9 +51,9 @@ def hidden_units(text):
     """'100' -> [100]; '500,500' -> [500, 500]; '' -> [] (no hidden layer)."""
     try:
         return [positive_int(part) for part in text.split(',')] if text.strip() else []
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError('expected comma-separated positive integers such as '
-                                         f'100 or 500,500, got {text!r}') from None
+    except FlagError:
+        raise FlagError('expected comma-separated positive integers such as 100 or 500,500, '
+                        f'got {text!r}') from None
 
 
 def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):

@@ -28,6 +28,9 @@ class MLP:
                  batchnorm=False, dropout=0.0, init='course'):
         if init not in INITS:
             raise ValueError(f'init must be one of {", ".join(INITS)}, got {init!r}.')
+        if not (isinstance(n_hidden, (list, tuple)) and all(isinstance(n, int) and n > 0
+                                                            for n in n_hidden)):
+            raise ValueError(f'n_hidden must be a list of positive integers, got {n_hidden!r}.')
         rng = np.random.default_rng() if rng is None else rng
         sizes, self.layers = [n_inputs, *n_hidden], []
         for fan_in, fan_out in zip(sizes, n_hidden):

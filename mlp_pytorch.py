@@ -39,6 +39,9 @@ class MLP(nn.Module):
                                      ('init', init, INITS)):
             if value not in choices:
                 raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}.')
+        if not (isinstance(n_hidden, (list, tuple)) and all(isinstance(n, int) and n > 0
+                                                            for n in n_hidden)):
+            raise ValueError(f'n_hidden must be a list of positive integers, got {n_hidden!r}.')
         if not 0 <= dropout < 1:
             raise ValueError(f'dropout must be in [0, 1), got {dropout!r}.')
         layers = []

@@ -11,6 +11,7 @@ folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last comple
 --resume continues from it and ends with the same weights as a run that was never interrupted.
 """
 import os
+import shutil
 import sys
 import time
 from functools import partial
@@ -202,6 +203,9 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         run.metrics['resumed'] = [*state['metrics'].get('resumed', []),
                                   {'from': resume, 'step': start - 1}]
         run.started -= state['metrics']['wall_seconds']
+        best = os.path.join(folder, 'best.pt')  # the best so far, which the end tests too
+        if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
+            shutil.copyfile(best, run.path('best.pt'))
 
     def checkpoint(name, step):
         """The whole state after `step`: what --resume needs to go on bit for bit."""
@@ -277,6 +281,9 @@ def parse_args(argv=None):
     defaults, so that only the flags given explicitly change."""
     parser = build_parser()
     args = parse_with_preset(parser, argv, PRESETS)
+    if args.resume is not None and args.preset is not None:
+        parser.error('--preset does not go with --resume: a resumed run keeps the flags it '
+                     'started with.')
     if args.resume is not None:
         try:
             saved = read_checkpoint(args.resume)['flags']

@@ -20,6 +20,8 @@ from command_line import flags_to_argv
 def select_device(name='auto'):
     """'auto': CUDA when there is a GPU, else the CPU; 'cuda' without one: a warning, the CPU."""
     import torch
+    if name not in ('auto', 'cpu', 'cuda'):
+        raise ValueError(f'device must be one of auto, cpu, cuda, got {name!r}.')
     if name != 'cpu' and not torch.cuda.is_available():
         if name == 'cuda':
             print('warning: no CUDA GPU is available; using the CPU.', file=sys.stderr)
@@ -41,6 +43,9 @@ class Run:
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
                  overwrite=False, eval_split='test'):
         name = os.path.basename(script)
+        for key, low in (('max_steps', 1), ('eval_freq', 1), ('seed', 0)):  # from Python
+            if not (isinstance(value := flags.get(key, low), int) and value >= low):
+                raise ValueError(f'{key} must be an integer >= {low}, got {value!r}.')
         self.named = bool(out_dir)  # else a new folder under runs/
         if not self.named:
             out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')

@@ -451,3 +451,28 @@ def test_default_run_on_real_data(real_cifar, tmp_path):
     for about 0.75; at least 0.73 on the JPEG-derived copy."""
     metrics = train(data_dir=real_cifar, out_dir=str(tmp_path / 'run'))
     assert metrics['final_test_accuracy'] >= 0.73, metrics['test_accuracy']
+
+
+def test_a_run_resumed_into_a_new_folder_takes_its_best_pt(fake_cifar, small_convnet, tmp_path):
+    """With a validation split the end tests best.pt: resumed elsewhere, the run brings the one
+    it had, since a later evaluation need not beat it and write a new one."""
+    kwargs = dict(max_steps=2, eval_freq=1, batch_size=10, validation_size=20,
+                  data_dir=fake_cifar)
+    first = train(out_dir=str(tmp_path / 'run'), **kwargs)
+    resumed = train(resume=str(tmp_path / 'run' / 'last.pt'), out_dir=str(tmp_path / 'new'),
+                    **kwargs)
+    assert resumed['status'] == 'completed'
+    assert resumed['best_pt_test_accuracy'] == first['best_pt_test_accuracy']
+    assert_same_tensors(checkpoint_tensors(tmp_path / 'run' / 'best.pt'),
+                        checkpoint_tensors(tmp_path / 'new' / 'best.pt'))
+
+
+def test_a_preset_does_not_go_with_resume(fake_cifar, small_convnet, tmp_path, capsys,
+                                          cli_name):
+    train(max_steps=1, batch_size=10, data_dir=fake_cifar, out_dir=str(tmp_path / 'run'))
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(['--resume', str(tmp_path / 'run' / 'last.pt'), '--preset', 'fast'])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        'error: --preset does not go with --resume: a resumed run keeps the flags it started '
+        'with.')

@@ -249,3 +249,24 @@ def test_ctrl_c_before_the_first_step_is_one_sentence(script, fake_cifar, small_
     assert script.main(small_run(fake_cifar, tmp_path / 'run')) == 130
     assert last_error(capsys) == 'Interrupted before the first step; nothing was saved.'
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('script, kwargs, message', [
+    (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer >= 1, got 0.'),
+    (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer >= 1, got 0.'),
+    (train_convnet_pytorch, {'seed': -1}, 'seed must be an integer >= 0, got -1.'),
+    (train_mlp_numpy, {'dnn_hidden_units': 'abc'}, 'expected comma-separated positive'),
+    (train_mlp_pytorch, {'dnn_hidden_units': [0]}, 'n_hidden must be a list of positive'),
+    (train_mlp_numpy, {'dnn_hidden_units': 100}, 'n_hidden must be a list of positive'),
+    (train_convnet_pytorch, {'device': 'tpu'}, 'device must be one of auto, cpu, cuda'),
+], ids=['eval_freq', 'max_steps', 'seed', 'hidden-text', 'hidden-zero', 'hidden-int', 'device'])
+def test_bad_values_from_python_are_one_sentence_before_the_data(script, kwargs, message,
+                                                                  small_convnet, tmp_path,
+                                                                  monkeypatch):
+    """train(...) checks what the command line's types check, before the data loads (here
+    there is none to load: a check made after it would fail on the data instead)."""
+    monkeypatch.setenv('CIFAR10_DOWNLOAD', '0')
+    with pytest.raises(ValueError, match=message):
+        script.train(data_dir=str(tmp_path / 'no-data'), out_dir=str(tmp_path / 'run'),
+                     **kwargs)
+    assert not (tmp_path / 'run').exists()
