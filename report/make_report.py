@@ -127,14 +127,16 @@ def load_config(runs_path):
         command = entry.get('command') or []
         if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
             raise ReportError(f'{runs_path}: {where}: "command" must be a list of strings.', 2)
-        # A modification's folder is named after it, for --rerun NAME and messages.
-        name = name or os.path.basename(os.path.normpath(entry['path']))
+        # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
+        # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
+        name = name or os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
         return Run(name, str(entry.get('label', name)), entry['path'], command, record,
                    time=entry.get('time') and str(entry['time']))
 
     def shared(run):  # a folder runs.json names twice is one Run, read once
         return folders.setdefault(os.path.normpath(run.path), run)
 
+    runs_dir = os.path.join(os.path.dirname(os.path.abspath(runs_path)), 'runs')
     try:
         with open(runs_path) as f:
             raw = json.load(f)
@@ -268,9 +270,8 @@ def write_tables(config, out):
     define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
     values = []  # every folder's, named as in runs.json or by its path under report/runs/
     for r in config.folders[:-1]:
-        name = r.name if config.runs.get(r.name) is r else r.path.removeprefix('report/runs/')
-        values += [(name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
-                   *((name, k, v) for k, v in ({} if r.missing else losses(r.data)).items())]
+        values += [(r.name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
+                   *((r.name, k, v) for k, v in ({} if r.missing else losses(r.data)).items())]
     if not config.grid.missing:  # the best setting's CV score, its spread, the refit's test
         m = config.grid.data
         values += [('gridsearch', k, '--' if v is None else f'{v:.3f}') for k, v in (
@@ -313,8 +314,9 @@ def write_tables(config, out):
     # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
     table('validation_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
           ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
-          [[twin.label.removeprefix('validation: '), *(f'{m[k]:.3f}' if m else 'missing' for k in (
-              'final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
+          [[twin.label.removeprefix('validation: '), *(
+              'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
+              for k in ('final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
            for _, run, twins in config.modifications if 'validation' in twins
            for twin in [twins['validation']] for m in [twin.data]])
 
@@ -330,7 +332,8 @@ def write_tables(config, out):
     # The spread over seeds: mean and sample standard deviation of the final test accuracy.
     rows = []
     for label, group in config.seeds:
-        values = [run.data['final_test_accuracy'] for run in group if not run.missing]
+        values = [run.data['final_test_accuracy'] for run in group
+                  if not run.missing and run.data['final_test_accuracy'] is not None]
         rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
                      if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
     table('seeds', '@{}lrl@{}', ['runs', 'final test accuracy', 'each seed'], rows)

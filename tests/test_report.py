@@ -199,8 +199,8 @@ def test_every_figure_and_table(report):
     assert f'run:convnet_fast:firstloss\\endcsname{{{train_loss[0]:.1f}}}' in macros
     assert f'run:convnet_fast:trainloss\\endcsname{{{np.mean(train_loss[-3:]):.2f}}}' in macros
     assert 'run:convnet_fast:evalloss\\endcsname{1.50}' in macros  # 2.0 - the last accuracy
-    mod = out.parent / 'runs' / 'mlp_pytorch_adam'  # every folder's, named by its path
-    assert f'run:{mod}:final\\endcsname{{0.500}}' in macros
+    # every folder's, named by its path under runs/ (beside runs.json)
+    assert 'run:mlp_pytorch_adam:final\\endcsname{0.500}' in macros
     grid_table = out.parent / 'runs' / 'gridsearch' / 'results.tex'
     assert (out / 'tables' / 'gridsearch.tex').read_text() == grid_table.read_text()
     # Each folder once (the rows naming a run's folder share it): 5 runs, mlp_pytorch_adam, grid.
@@ -460,3 +460,36 @@ def test_batchnorm_gradient_path_by_path():
     torch.testing.assert_close((x_hat * leaf.grad).sum(0),
                                gamma * s * eps / (var + eps) * (dy * x_hat).sum(0),
                                rtol=1e-6, atol=1e-12)
+
+
+def test_every_folder_has_a_name_of_its_own():
+    """--rerun NAME reruns one folder: two folders of one basename (a run and its validation
+    twin) are told apart by their paths under report/runs/."""
+    config = make_report.load_config(os.path.join(ROOT, 'report', 'runs.json'))
+    names = [run.name for run in config.folders]
+    assert len(names) == len(set(names))
+    assert {'mod_kaiming', 'validation/mod_kaiming', 'gridsearch'} <= set(names)
+
+
+def test_runs_cut_short_are_tables_not_tracebacks(tmp_path):
+    """A validation twin stopped before its test (or run without a validation split), and a
+    seed without a final accuracy yet: their cells say so, the report is still made."""
+    runs = fake_project(tmp_path)
+    config = json.loads(open(runs).read())
+    stopped, plain = tmp_path / 'runs' / 'stopped', tmp_path / 'runs' / 'plain'
+    fake_metrics(stopped, 'train_mlp_pytorch.py', status='interrupted', validation_size=5000)
+    with open(stopped / 'metrics.json') as f:
+        metrics = json.load(f)
+    metrics['final_test_accuracy'] = None
+    with open(stopped / 'metrics.json', 'w') as f:
+        json.dump(metrics, f)
+    fake_metrics(plain, 'train_mlp_pytorch.py')
+    config['modifications'][1]['validation'] = {'label': 'validation: Adam', 'path': str(stopped)}
+    config['modifications'][2]['validation'] = {'label': 'validation: best', 'path': str(plain)}
+    config['seeds'].append({'label': 'cut short', 'paths': [str(stopped), str(plain)]})
+    open(runs, 'w').write(json.dumps(config))
+    out = tmp_path / 'out'
+    assert make_report.main(['--runs', runs, '--out_dir', str(out), '--no-pdf']) == 0
+    ladder = (out / 'tables' / 'validation_ladder.tex').read_text()
+    assert 'Adam & 0.500 & -{}- &' in ladder and 'best & -{}- & 0.500 &' in ladder
+    assert 'cut short & missing & 0.500' in (out / 'tables' / 'seeds.tex').read_text()
