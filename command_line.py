@@ -128,11 +128,17 @@ def flags_to_argv(flags):
                         [f'--{k}', ','.join(map(str, v)) if isinstance(v, list) else str(v)])]
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def cli(train, args):
     """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
-    value, 1 missing data or a diverged run, 130 Ctrl-C, 143 SIGTERM."""
+    value, 1 missing data or a diverged run, 130 Ctrl-C, 143 SIGTERM (as Ctrl-C throughout,
+    so that a download it stops is cleaned up; the run sets its own handler while it trains)."""
     from cifar10_utils import CIFAR10Error
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         metrics = train(**vars(args))
     except (ValueError, CIFAR10Error, FloatingPointError) as e:
@@ -141,7 +147,9 @@ def cli(train, args):
     except KeyboardInterrupt as e:
         if not hasattr(e, 'signal'):  # else the run has said what it saved
             print('Interrupted before the first step; nothing was saved.', file=sys.stderr)
-        return 128 + getattr(e, 'signal', signal.SIGINT)
+        return 128 + getattr(e, 'signal', e.args[0] if e.args else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
           f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')
     return 0

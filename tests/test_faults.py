@@ -270,3 +270,31 @@ def test_bad_values_from_python_are_one_sentence_before_the_data(script, kwargs,
         script.train(data_dir=str(tmp_path / 'no-data'), out_dir=str(tmp_path / 'run'),
                      **kwargs)
     assert not (tmp_path / 'run').exists()
+
+
+def test_sigterm_during_the_download_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """SIGTERM while CIFAR-10 downloads stops it as Ctrl-C does: the partial archive is
+    deleted, exit 143."""
+    class Response:  # a download that a scheduler's SIGTERM interrupts
+        headers = {}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, size):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return b'x' * 1000
+
+    monkeypatch.setattr(train_mlp_numpy.cifar10_utils.urllib.request, 'urlopen',
+                        lambda url, timeout: Response())
+    data_dir = tmp_path / 'data' / 'cifar-10-batches-py'
+    assert train_mlp_numpy.main(['--data_dir', str(data_dir),
+                                 '--out_dir', str(tmp_path / 'run')]) == 143
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'Download interrupted; nothing was kept.' in err
+    assert err.strip().splitlines()[-1] == 'Interrupted before the first step; nothing was saved.'
+    assert os.listdir(tmp_path / 'data') == [] and not (tmp_path / 'run').exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
