@@ -268,7 +268,7 @@ def main(argv=None):
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
-    except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: from a worker
+    except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
         print('Interrupted; no results were written.', file=sys.stderr)
         return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
     finally:

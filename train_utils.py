@@ -108,7 +108,7 @@ class Run:
     def save(self, status=None):
         """Writes metrics.json atomically (and curves.png with a final status)."""
         self.metrics['wall_seconds'] = time.perf_counter() - self.started
-        path = self.path('metrics.json')  # makes the folder, and may rename it: first
+        path = self.path('metrics.json')  # first: it makes the folder (and may rename it)
         if status is not None:
             self.metrics['status'] = status
             plot_curves(self.metrics, self.path('curves.png'))
@@ -131,8 +131,8 @@ class Run:
             self.bar.close()
         try:  # the handlers stay until the last save: a Ctrl-C now cannot cut it short
             if kind in (None, KeyboardInterrupt, FloatingPointError):
-                self.save({None: 'completed', KeyboardInterrupt: 'interrupted'}.get(kind,
-                                                                                   'diverged'))
+                self.save('completed' if kind is None else
+                          'interrupted' if kind is KeyboardInterrupt else 'diverged')
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
