@@ -1,9 +1,11 @@
-"""Speed of the training code, side by side in one process: NumPy MLP steps against PyTorch's
-and against NumPy's matmul rate, loading CIFAR-10, a whole default NumPy run, ConvNet evaluation
-against training and bfloat16 against float32. Times are torch.utils.benchmark medians of the
-train scripts' own step functions, in alternating rounds so that a busy machine slows all alike.
+"""Speed of the training code, side by side in one process: NumPy MLP and ConvNet steps against
+PyTorch's and against NumPy's matmul rate, loading CIFAR-10, a whole default NumPy run, ConvNet
+evaluation against training and bfloat16 against float32. Times are torch.utils.benchmark
+medians of the train scripts' own step functions, in alternating rounds so that a busy machine
+slows all alike.
 
     python benchmark.py [--quick] [--out report/benchmark.json]   # the table (and its JSON)
+    python benchmark.py --profile                 # where the NumPy ConvNet step spends its time
 """
 import argparse
 import contextlib
@@ -20,13 +22,15 @@ import torch
 from torch.utils.benchmark import Measurement, Timer
 
 import cifar10_utils
+import convnet_numpy
 import mlp_numpy
 import mlp_pytorch
+import train_convnet_numpy
 import train_convnet_pytorch as convnet_script
 import train_mlp_numpy
 import train_mlp_pytorch
 from convnet_pytorch import ConvNet
-from modules import CrossEntropyModule
+from modules import Conv2dModule, CrossEntropyModule, LinearModule
 from train_utils import select_device, write_json
 
 N_INPUTS, N_CLASSES = 3072, 10
@@ -36,12 +40,11 @@ BEST = dict(batchnorm=True, dropout=0.2, init='kaiming')
 MLP_CONFIGS = (([100], 200, {}), ([1000, 1000], 512, {}), ([500] * 4, 400, {}),
                ([1024, 1024], 256, BEST))
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
-LOAD = """import pickle, sys, time, numpy as np, cifar10_utils as cu
+LOAD = """import sys, time, numpy as np, cifar10_utils as cu
 start = time.perf_counter()
-if sys.argv[1] == 'floor':  # read the six pickles and convert them to float32, nothing more
+if sys.argv[1] == 'floor':  # read the six batch files (unpickled safely) as float32, no more
     for name in cu.TRAIN_FILES + cu.TEST_FILES:
-        with open(f'{sys.argv[2]}/{name}', 'rb') as f:
-            np.asarray(pickle.load(f, encoding='latin1')['data'], dtype=np.float32)
+        np.asarray(cu.load_batch(f'{sys.argv[2]}/{name}')[0], dtype=np.float32)
 else:
     cu.get_cifar10(sys.argv[2])
 print(time.perf_counter() - start)"""
@@ -135,6 +138,102 @@ def bench_convnet(quick, device):
     return rows
 
 
+def convnet_step_flops(model, batch):
+    """Floating-point operations of one NumPy ConvNet training step, from the products its
+    layers ran in the last forward: each conv and linear layer's forward, weight gradient and
+    input gradient (the first conv's skipped). About 0.92 GFLOP an image for Table 1."""
+    flops = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2dModule):  # cols (B H' W', k k C) @ W^T (k k C, O)
+            flops.append(2 * layer.cols.size * layer.W.shape[0])
+        elif isinstance(layer, LinearModule):
+            flops.append(2 * layer.x.size * layer.params['weight'].shape[0])
+    return 2 * sum(flops) + sum(flops[1:])
+
+
+def convnet_twins(batch, rng):
+    """The NumPy and PyTorch ConvNets (float32, Adam as their scripts make it) and the step of
+    each, on one batch of random images."""
+    x = rng.normal(0, 60, (batch, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, N_CLASSES, batch)
+    ours = convnet_numpy.ConvNet(3, N_CLASSES, dtype=np.float32, rng=rng)
+    theirs = ConvNet(3, N_CLASSES)
+    lr = train_convnet_numpy.LEARNING_RATE_DEFAULT
+    our_step = partial(train_convnet_numpy.train_step, ours, CrossEntropyModule(),
+                       train_convnet_numpy.make_optimizer('ADAM', ours, lr), x,
+                       cifar10_utils.dense_to_one_hot(labels))
+    their_step = partial(convnet_script.train_step, theirs,
+                         convnet_script.make_optimizer('ADAM', theirs, lr),
+                         torch.from_numpy(x), torch.from_numpy(labels))
+    return ours, our_step, their_step
+
+
+def bench_convnet_numpy(quick):
+    """The NumPy ConvNet's training step (Adam, float32, CPU) against PyTorch's at batch 32 and
+    128, and both in GFLOP/s against NumPy's float32 matmul rate, in the same rounds."""
+    rng, rows = np.random.default_rng(0), []
+    a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
+    for batch in (32, 128):
+        model, our_step, their_step = convnet_twins(batch, rng)
+        fns = {'numpy': our_step, 'torch': their_step,
+               'matmul': partial(np.matmul, a, b, out=np.empty_like(a))}
+        sec = compare(fns, *((1, 0.1) if quick else (5, 2.0)))
+        flops, matmul = convnet_step_flops(model, batch), 2 * 2048 ** 3 / sec['matmul'] / 1e9
+        rows.append(row(f'NumPy / PyTorch ConvNet step at batch {batch}, Adam, float32, cpu',
+                        sec['numpy'] * 1e3, sec['torch'] * 1e3, 'ms',
+                        '<= 1.3' if batch == 32 else '-'))
+        for name in ('numpy', 'torch'):
+            rows.append(row(f'{"NumPy" if name == "numpy" else "PyTorch"} ConvNet step at batch '
+                            f'{batch} / float32 matmul 2048^2', flops / sec[name] / 1e9,
+                            matmul, 'GFLOP/s', '>= 0.5' if name == 'numpy' else '-'))
+    return rows
+
+
+def profile_convnet_numpy(batch=32, repeats=5):
+    """Prints where a NumPy ConvNet training step spends its time, layer by layer: forward,
+    backward, and for the convs the backward split into the weight gradient (backward with
+    input_grad=False) and the input gradient (the rest); medians of `repeats` steps."""
+    rng = np.random.default_rng(0)
+    model, step, _ = convnet_twins(batch, rng)
+    step()  # warm-up: the buffers exist
+    x = rng.normal(0, 60, (batch, 3, 32, 32)).astype(np.float32)
+    y = cifar10_utils.dense_to_one_hot(rng.integers(0, N_CLASSES, batch))
+    loss_module, times = CrossEntropyModule(), {}
+
+    def timed(key, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.setdefault(key, []).append(time.perf_counter() - start)
+        return out
+
+    for _ in range(repeats):
+        out = x
+        for i, layer in enumerate(model.layers):
+            out = timed((i, 'forward'), layer.forward, out)
+        dout = loss_module.backward(out, y)
+        for i in reversed(range(len(model.layers))):
+            layer = model.layers[i]
+            if isinstance(layer, Conv2dModule):
+                timed((i, 'weight gradient'), layer.backward, dout, input_grad=False)
+                if i == 0:
+                    continue
+                dout = timed((i, 'backward'), layer.backward, dout)
+            else:
+                dout = timed((i, 'backward'), layer.backward, dout)
+    median = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    total = sum(median.values()) - sum(v for (i, kind), v in median.items()
+                                       if kind == 'weight gradient' and i > 0)
+    print(f'NumPy ConvNet step at batch {batch}: {total:.1f} ms in the layers (median of '
+          f'{repeats}); a conv\'s input gradient is its backward minus its weight gradient')
+    print(f'| {"layer":<22} | {"forward":>8} | {"weight grad":>11} | {"input grad":>10} | '
+          f'{"backward":>8} |')
+    for i, layer in enumerate(model.layers):
+        f, w, b = (median.get((i, k), 0.0) for k in ('forward', 'weight gradient', 'backward'))
+        dx = b - w if (b and w) else 0.0
+        name = f'{model.names[i]} {type(layer).__name__.removesuffix("Module")}'
+        print(f'| {name:<22} | {f:8.2f} | {w:11.2f} | {dx:10.2f} | {max(b, w):8.2f} |')
+
+
 def run_python(*args):
     """(seconds from start to exit, stdout) of `python *args` in the project folder."""
     start = time.perf_counter()
@@ -169,12 +268,17 @@ def main(argv=None):
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help="the ConvNet's (auto: CUDA when available); the MLPs run on the CPU")
     p.add_argument('--out', help='also write the rows and the machine as JSON to this file')
+    p.add_argument('--profile', action='store_true',
+                   help='only print the NumPy ConvNet step layer by layer, at batch 32')
     args, started, cpu = p.parse_args(argv), time.strftime('%Y-%m-%dT%H:%M:%S'), None
+    if args.profile:
+        return profile_convnet_numpy()
     print(f'| {"measurement":<80} | {"value":<28} | {"target":<12} |\n'
           f'|{"-" * 82}|{"-" * 30}|{"-" * 14}|', flush=True)
     rows = bench_mlp(args.quick)
     rows += bench_loading(args.quick, rows[0]['value'] / 1e3)  # rows[0]: MLP_CONFIGS[0]
     rows += bench_convnet(args.quick, args.device)
+    rows += bench_convnet_numpy(args.quick)
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), None)
     if args.out:

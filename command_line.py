@@ -120,6 +120,21 @@ def parse_with_preset(parser, argv, presets):
     return parser.parse_args(argv)
 
 
+def resume_defaults(parser, argv, args, read_flags):
+    """args, or with --resume the command line parsed again with the flags that read_flags
+    (a checkpoint's path -> the flags it was started with) returns as the defaults, so that
+    only the flags given explicitly change."""
+    if args.resume is None:
+        return args
+    try:
+        saved = read_flags(args.resume)
+    except ValueError as e:
+        parser.error(str(e))
+    parser.set_defaults(**{k: v for k, v in saved.items()
+                           if k not in ('out_dir', 'resume', 'overwrite')})
+    return parser.parse_args(argv)
+
+
 def flags_to_argv(flags):
     """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
     line that reproduces a run (None and False flags are left out)."""

@@ -31,8 +31,26 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     return eval_numerical_gradient(lambda v: np.sum(f(v) * df), x, h)
 
 
-def rel_error(x, y):
+def rel_error(x, y, floor=1e-8):
     """Largest elementwise relative error |x - y| / (|x| + |y|), the denominator floored at
-    1e-8 so that two tiny values close in absolute terms count as equal."""
+    `floor` so that two tiny values close in absolute terms count as equal. A network with
+    many gradients that are exactly 0 (a ReLU's zeros, a max-pool's losers) needs a higher
+    floor: there the numerical gradient is rounding noise of about eps L / h ~ 1e-10."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+    return float(np.max(np.abs(x - y) / np.maximum(floor, np.abs(x) + np.abs(y))))
+
+
+def eval_numerical_gradient_at(f, x, indices, h=1e-5):
+    """As eval_numerical_gradient, at the flat positions `indices` of x only (for arrays too
+    large to check whole): returns the gradient at those positions, shape (len(indices),)."""
+    flat = x.reshape(-1)  # a view: writes reach x
+    grad = np.zeros(len(indices))
+    for n, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + h
+        plus = f(x)
+        flat[i] = old - h
+        minus = f(x)
+        flat[i] = old
+        grad[n] = (plus - minus) / (2 * h)
+    return grad

@@ -1,12 +1,20 @@
 """Multi-layer perceptron in NumPy, built from modules.py."""
 import numpy as np
 
-from modules import BatchNormModule, DropoutModule, LinearModule, ReLUModule, SoftMaxModule
+from modules import (
+    BatchNormModule,
+    DropoutModule,
+    LinearModule,
+    ReLUModule,
+    Sequential,
+    SoftMaxModule,
+    torch_default_init,
+)
 
 INITS = ('course', 'kaiming')
 
 
-class MLP:
+class MLP(Sequential):
     """Linear [-> BatchNorm] -> ReLU [-> Dropout] per hidden layer, then Linear -> Softmax.
 
     Args:
@@ -32,54 +40,28 @@ class MLP:
                                                             for n in n_hidden)):
             raise ValueError(f'n_hidden must be a list of positive integers, got {n_hidden!r}.')
         rng = np.random.default_rng() if rng is None else rng
-        sizes, self.layers = [n_inputs, *n_hidden], []
+        sizes, layers = [n_inputs, *n_hidden], []
         for fan_in, fan_out in zip(sizes, n_hidden):
-            self.layers.append(self._linear(fan_in, fan_out, dtype, rng, init))
+            layers.append(self._linear(fan_in, fan_out, dtype, rng, init))
             if batchnorm:
-                self.layers.append(BatchNormModule(fan_out, dtype=dtype))
-            self.layers.append(ReLUModule())
+                layers.append(BatchNormModule(fan_out, dtype=dtype))
+            layers.append(ReLUModule())
             if dropout:
-                self.layers.append(DropoutModule(dropout, rng))
-        self.layers += [self._linear(sizes[-1], n_classes, dtype, rng, init), SoftMaxModule()]
+                layers.append(DropoutModule(dropout, rng))
+        layers += [self._linear(sizes[-1], n_classes, dtype, rng, init), SoftMaxModule()]
+        super().__init__(layers)
 
     @staticmethod
     def _linear(fan_in, fan_out, dtype, rng, init):
         layer = LinearModule(fan_in, fan_out, dtype=dtype, rng=rng)
         if init == 'kaiming':
-            bound = 1 / np.sqrt(fan_in)
             for param in layer.params.values():
-                param[...] = rng.uniform(-bound, bound, size=param.shape)
+                param[...] = torch_default_init(rng, param.shape, fan_in, param.dtype)
         return layer
 
     @property
     def linear_layers(self):
         return [layer for layer in self.layers if isinstance(layer, LinearModule)]
-
-    def parameters(self):
-        """[(param, grad), ...] of every layer, for an optimizer (optimizers.py)."""
-        return [(layer.params[name], layer.grads[name])
-                for layer in self.layers if hasattr(layer, 'params') for name in layer.params]
-
-    def train(self, mode=True):
-        """Training mode (batch statistics, dropout on) or, with mode=False, evaluation."""
-        for layer in self.layers:
-            if hasattr(layer, 'training'):
-                layer.training = mode
-
-    def eval(self):
-        self.train(False)
-
-    def forward(self, x):
-        """x: (B, n_inputs) -> class probabilities (B, n_classes)."""
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
-
-    def backward(self, dout, input_grad=True):
-        """dout: dL/d(probabilities), (B, n_classes). Fills every layer's grads and returns
-        dL/dx (B, n_inputs), or None with input_grad=False (training needs no dL/dx, and
-        skipping it saves a third of the first layer's backward work)."""
-        return self.backward_from_logits(self.layers[-1].backward(dout), input_grad)
 
     def backward_from_logits(self, dlogits, input_grad=True):
         """As backward, from dL/d(logits), the gradient at the softmax's input (B, n_classes).

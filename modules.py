@@ -22,9 +22,24 @@ The derivations (B is the batch size, y the output, x the input, L the loss):
     Dropout      y = x m / (1 - p),  m ~ Bernoulli(1 - p) per unit
                  dL/dx = dL/dy m / (1 - p)                      (the same mask m)
 
+The layers of the ConvNet, on (B, C, H, W) maps (x_pad: x with its zero padding, s the stride):
+
+    Conv2d       y[b,o,i,j] = bias_o + sum_{c,u,v} weight[o,c,u,v] x_pad[b, c, s i + u, s j + v]
+                 Each k x k window of x_pad unfolded into a row of cols (im2col), the weight
+                 flattened to W (O, k k C), the convolution is Linear on every window:
+                 y = cols W^T + b,   dL/dW = (dL/dy)^T cols,   dL/db = sum_{b,i,j} dL/dy,
+                 dL/dcols = dL/dy W, and dL/dx folds dL/dcols back (col2im): each window's
+                 row is added to the pixels it was read from, summed where windows overlap.
+    MaxPool2d    y[b,c,i,j] = max_{u,v} x_pad[b, c, s i + u, s j + v]   (padding is -inf)
+                 dL/dx = sum over the windows of dL/dy at the window's maximum, 0 elsewhere
+                 (the first maximum where there are ties, as torch)
+    BatchNorm2d  BatchNorm with every pixel of the B x H x W pixels of a channel as a sample:
+                 the maps as rows (B H W, C), then BatchNorm's formulas as they stand
+
 unittests.py checks each of them against central differences in float64.
 """
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 class LinearModule:
@@ -235,3 +250,243 @@ class DropoutModule:
         dx = dout * self.mask
         dx *= 1 / (1 - self.p)
         return dx
+
+
+def torch_default_init(rng, shape, fan_in, dtype):
+    """PyTorch's default initialisation of nn.Linear and nn.Conv2d, weights and biases alike
+    (kaiming_uniform_ with a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def windows(x_pad, k, stride):
+    """x_pad: (B, Hp, Wp, C) -> its k x k windows (B, H', W', C, k, k), a view (no copy);
+    H' = (Hp - k) // stride + 1, W' alike."""
+    return sliding_window_view(x_pad, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+
+
+def fold(d_windows, padded_shape, stride):
+    """The adjoint of windows() (col2im): d_windows (B, H', W', k, k, C), a gradient for every
+    pixel of every window -> (B, Hp, Wp, C), each added back at the pixel it was read from.
+    k x k strided adds, one per offset (u, v) in the window; overlapping windows sum."""
+    _, h_out, w_out, k, _, _ = d_windows.shape
+    dx_pad = np.zeros(padded_shape, dtype=d_windows.dtype)
+    for u in range(k):
+        for v in range(k):
+            rows = slice(u, u + stride * h_out, stride)
+            cols = slice(v, v + stride * w_out, stride)
+            dx_pad[:, rows, cols] += d_windows[:, :, :, u, v]
+    return dx_pad
+
+
+def pad(x, p, value=0.0):
+    """(B, H, W, C) -> (B, H + 2p, W + 2p, C), the border filled with value."""
+    return np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=value)
+
+
+def unpad(x_pad, p):
+    """The inverse of pad: (B, Hp, Wp, C) -> (B, Hp - 2p, Wp - 2p, C), a view."""
+    return x_pad[:, p:x_pad.shape[1] - p, p:x_pad.shape[2] - p]
+
+
+class Conv2dModule:
+    """2-D convolution with a square kernel and zero padding, as torch.nn.Conv2d.
+
+    x: (B, C, H, W) -> y: (B, O, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike):
+
+        y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] x_pad[b, c, s i + u, s j + v]
+
+    computed as Linear on every window (im2col): the windows of x_pad unfolded into the rows
+    of cols (B H' W', k k C) and the weight flattened to W (O, k k C), y = cols W^T + b.
+    Backward is Linear's, then the window rows folded back onto the pixels (col2im):
+
+        dL/dW = (dL/dy)^T cols,   dL/db = sum_{b, i, j} dL/dy,   dL/dx = fold(dL/dy W)
+
+    params['weight']: (O, C, k, k); params['bias']: (O,); both PyTorch's default
+    initialisation, U(-1/sqrt(C k k), 1/sqrt(C k k)).
+
+    Layout: the arrays have torch's (B, C, H, W) shape, but what forward and backward return
+    is channels-last in memory (torch.channels_last: a transposed view of a (B, H, W, C)
+    array). The channels of a pixel are then adjacent, so a window's row is k k contiguous
+    runs of C numbers and the products need no transpose (benchmark.py's ConvNet rows).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
+                 dtype=np.float64, rng=None):
+        rng = np.random.default_rng() if rng is None else rng
+        self.k, self.stride, self.padding = kernel_size, stride, padding
+        fan_in = in_channels * kernel_size ** 2
+        weight_shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.params = {'weight': torch_default_init(rng, weight_shape, fan_in, dtype),
+                       'bias': torch_default_init(rng, (out_channels,), fan_in, dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, O, H', W'), channels-last in memory."""
+        x_pad = pad(x.transpose(0, 2, 3, 1), self.padding)  # (B, Hp, Wp, C)
+        win = windows(x_pad, self.k, self.stride)  # (B, H', W', C, k, k), a view
+        B, h_out, w_out = win.shape[:3]
+        # -> rows (B H' W', k k C), each window's pixels in row-major order: im2col's copy
+        self.cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(B * h_out * w_out, -1)
+        weight = self.params['weight']  # (O, C, k, k) -> W (O, k k C), in the order of a row
+        self.W = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)
+        self.x_pad_shape = x_pad.shape
+        y = self.cols @ self.W.T  # (B H' W', O)
+        y += self.params['bias']
+        return y.reshape(B, h_out, w_out, -1).transpose(0, 3, 1, 2)
+
+    def backward(self, dout, input_grad=True):
+        """dout: (B, O, H', W') -> dx: (B, C, H, W); fills grads. input_grad=False skips dx
+        (returns None): the first layer's dx is not needed in training."""
+        B, n_out, h_out, w_out = dout.shape
+        dy = dout.transpose(0, 2, 3, 1).reshape(-1, n_out)  # (B H' W', O): free if channels-last
+        dW = dy.T @ self.cols  # (O, k k C)
+        self.grads['weight'][...] = dW.reshape(n_out, self.k, self.k, -1).transpose(0, 3, 1, 2)
+        self.grads['bias'][...] = dy.sum(axis=0)
+        if not input_grad:
+            return None
+        d_cols = (dy @ self.W).reshape(B, h_out, w_out, self.k, self.k, -1)
+        dx_pad = fold(d_cols, self.x_pad_shape, self.stride)
+        return unpad(dx_pad, self.padding).transpose(0, 3, 1, 2)
+
+
+class MaxPool2dModule:
+    """Max-pooling over k x k windows, as torch.nn.MaxPool2d (no dilation, no ceil mode).
+
+    x: (B, C, H, W) -> y: (B, C, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike):
+
+        y[b, c, i, j] = max_{u, v} x_pad[b, c, s i + u, s j + v]
+
+    with x_pad padded by -inf, so that padding never wins a window. Backward routes each
+    dL/dy[b, c, i, j] to the pixel that won its window (the first maximum in row-major order
+    where there are ties, as torch) and nowhere else; where windows overlap (stride < k) a
+    pixel that wins several collects the sum of their gradients.
+    Layout as Conv2dModule: returns channels-last arrays.
+    """
+
+    def __init__(self, kernel_size=3, stride=2, padding=1):
+        if padding > kernel_size // 2:  # else a window could hold only padding
+            raise ValueError(f'padding must be at most half the kernel size, got padding '
+                             f'{padding} for kernel_size {kernel_size}.')
+        self.k, self.stride, self.padding = kernel_size, stride, padding
+        self.training = True  # False: forward keeps no winners, and backward is not available
+
+    def offsets(self, h_out, w_out):
+        """(u k + v, the window pixels at offset (u, v) of every window) for each offset: the
+        strided slices x_pad[:, s i + u, s j + v] for all (i, j), as index tuples."""
+        s = self.stride
+        for u in range(self.k):
+            for v in range(self.k):
+                yield u * self.k + v, (slice(None), slice(u, u + s * h_out, s),
+                                       slice(v, v + s * w_out, s))
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H', W'), channels-last in memory."""
+        x_pad = pad(x.transpose(0, 2, 3, 1), self.padding, -np.inf)  # (B, Hp, Wp, C)
+        h_out, w_out = windows(x_pad, self.k, self.stride).shape[1:3]
+        # y = windows(x_pad, k, s).max(axis=(-2, -1)), the winner its argmax: computed as a
+        # running maximum over the k k offsets, each a strided slice of x_pad, which copies
+        # no windows (benchmark.py's NumPy ConvNet rows; tests/test_convnet_numpy.py checks
+        # the two against each other).
+        y = winner = None
+        for offset, pixels in self.offsets(h_out, w_out):
+            candidate = x_pad[pixels]
+            if y is None:
+                y = candidate.copy()
+                winner = np.zeros(y.shape, dtype=np.uint8) if self.training else None
+                continue
+            if winner is not None:  # only backward needs the winners
+                rose = candidate > y  # strictly: on a tie the first maximum keeps it, as torch
+                # the offsets come in rising order: the winner is the last one where y rose
+                np.maximum(winner, rose * np.uint8(offset), out=winner)
+            np.maximum(y, candidate, out=y)
+        self.winner, self.x_pad_shape = winner, x_pad.shape
+        return y.transpose(0, 3, 1, 2)
+
+    def backward(self, dout):
+        """dout: (B, C, H', W') -> dx: (B, C, H, W), after a forward in training mode."""
+        if self.winner is None:
+            raise RuntimeError('MaxPool2dModule.backward needs a forward in training mode.')
+        dy = dout.transpose(0, 2, 3, 1)  # (B, H', W', C)
+        dx_pad = np.zeros(self.x_pad_shape, dtype=dy.dtype)
+        for offset, pixels in self.offsets(*dy.shape[1:3]):  # fold() of the routed gradients
+            dx_pad[pixels] += dy * (self.winner == offset)
+        return unpad(dx_pad, self.padding).transpose(0, 3, 1, 2)
+
+
+class BatchNorm2dModule(BatchNormModule):
+    """Spatial batch normalization, (B, C, H, W) -> (B, C, H, W), as torch.nn.BatchNorm2d.
+
+    A channel's statistics are taken over its B x H x W pixels: every pixel is a sample of
+    its channel. So the maps become rows (B H W, C), BatchNormModule normalises them (its
+    forward, backward and running statistics, with B H W as the number of samples), and the
+    rows become maps again. Returns channels-last arrays; from channels-last input the
+    rows are a view, not a copy.
+    """
+
+    def __init__(self, n_channels, eps=1e-5, momentum=0.1, dtype=np.float64):
+        super().__init__(n_channels, eps, momentum, dtype)
+
+    @staticmethod
+    def _rows(x):
+        """(B, C, H, W) -> (B H W, C)."""
+        return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+    @staticmethod
+    def _maps(rows, shape):
+        """(B H W, C) -> (B, C, H, W), channels-last."""
+        B, C, H, W = shape
+        return rows.reshape(B, H, W, C).transpose(0, 3, 1, 2)
+
+    def forward(self, x):
+        return self._maps(super().forward(self._rows(x)), x.shape)
+
+    def backward(self, dout):
+        return self._maps(super().backward(self._rows(dout)), dout.shape)
+
+
+class FlattenModule:
+    """(B, C, H, W) -> (B, C H W), and backward the gradient back to the input's shape."""
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, dout):
+        return dout.reshape(self.shape)
+
+
+class Sequential:
+    """Modules applied one after the other: the networks of mlp_numpy.py and convnet_numpy.py
+    are lists of modules in ``layers``."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def parameters(self):
+        """[(param, grad), ...] of every layer, for an optimizer (optimizers.py)."""
+        return [(layer.params[name], layer.grads[name])
+                for layer in self.layers if hasattr(layer, 'params') for name in layer.params]
+
+    def train(self, mode=True):
+        """Training mode (batch statistics, dropout on) or, with mode=False, evaluation."""
+        for layer in self.layers:
+            if hasattr(layer, 'training'):
+                layer.training = mode
+
+    def eval(self):
+        self.train(False)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout, input_grad=True):
+        """dout: dL/d(output) -> dL/d(input); fills every layer's grads. input_grad=False
+        returns None instead: training needs no dL/d(input), and the first layer (Linear or
+        Conv2d) skips a third of its backward work."""
+        first, *rest = self.layers
+        for layer in reversed(rest):
+            dout = layer.backward(dout)
+        return first.backward(dout, input_grad=input_grad)

@@ -23,24 +23,41 @@ def _decayed_gradient(p, grad, wd, out):
     return out
 
 
+def _decays(pairs, weight_decay, decay_1d):
+    """The weight decay of each parameter: decay_1d=False spares the 1-D ones (biases, batch
+    norm's gamma and beta), as the parameter groups of train_convnet_pytorch.py do."""
+    return [float(weight_decay) if decay_1d or p.ndim > 1 else 0.0 for p, _ in pairs]
+
+
+def _copy_of(array, like):
+    """array as a new array of like's shape and dtype; ValueError if the shapes differ."""
+    _check(np.shape(array) == like.shape,
+           f'a saved state of shape {np.shape(array)} does not fit a parameter of shape '
+           f'{like.shape}.')
+    return np.array(array, dtype=like.dtype)
+
+
 class SGD:
     """torch.optim.SGD, dampening 0: g = grad + wd p;  b = g at first, then b = mu b + g;
     p -= lr b, or with Nesterov p -= lr (g + mu b)."""
 
-    def __init__(self, pairs, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, pairs, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 decay_1d=True):
         _check(lr > 0, f'lr must be positive, got {lr}.')
         _check(momentum >= 0, f'momentum must be non-negative, got {momentum}.')
         _check(not nesterov or momentum > 0, 'nesterov=True needs a positive momentum.')
         _check(weight_decay >= 0, f'weight_decay must be non-negative, got {weight_decay}.')
         self.pairs, self.lr, self.momentum = list(pairs), float(lr), float(momentum)
         self.nesterov, self.weight_decay = nesterov, float(weight_decay)
+        self.decays = _decays(self.pairs, weight_decay, decay_1d)
         self.buffers = [None] * len(self.pairs)  # momentum buffers, made on first use
         self.scratch = [np.empty_like(p) for p, _ in self.pairs]  # allocated once
         self.decayed = [np.empty_like(p) for p, _ in self.pairs] if weight_decay else None
 
     def step(self):
-        mu, wd = self.momentum, self.weight_decay
+        mu = self.momentum
         for i, (p, grad) in enumerate(self.pairs):
+            wd = self.decays[i]
             d = g = _decayed_gradient(p, grad, wd, self.decayed[i]) if wd else grad
             tmp = self.scratch[i]
             if mu:  # torch checks at each step: OneCycleLR may set a momentum later
@@ -57,6 +74,17 @@ class SGD:
             np.multiply(d, self.lr, out=tmp)  # p -= lr d
             p -= tmp
 
+    def state_dict(self):
+        """What step() goes on from, as arrays and plain values (for checkpoints)."""
+        buffers = {f'buffer/{i}': b for i, b in enumerate(self.buffers) if b is not None}
+        return {'lr': self.lr, 'momentum': self.momentum, **buffers}
+
+    def load_state_dict(self, state):
+        self.lr, self.momentum = state['lr'], state['momentum']
+        for i, (p, _) in enumerate(self.pairs):
+            b = state.get(f'buffer/{i}')
+            self.buffers[i] = None if b is None else _copy_of(b, p)
+
 
 class Adam:
     """torch.optim.Adam (amsgrad off), L2 weight decay g = grad + wd p; at step t
@@ -64,7 +92,8 @@ class Adam:
 
     decoupled = False
 
-    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decay_1d=True):
         _check(lr > 0, f'lr must be positive, got {lr}.')
         _check(all(0 <= b < 1 for b in betas), f'betas must lie in [0, 1), got {betas}.')
         _check(eps >= 0, f'eps must be non-negative, got {eps}.')
@@ -73,7 +102,9 @@ class Adam:
         self.eps, self.weight_decay, self.t = float(eps), float(weight_decay), 0
         # Per parameter: param, grad, first moment m, second moment v, scratch, and for L2
         # decay a buffer for grad + wd p (grad itself stays as backward wrote it).
+        pairs = list(pairs)
         l2 = weight_decay and not self.decoupled
+        self.decays = _decays(pairs, weight_decay, decay_1d)
         self.state = [(p, grad, np.zeros_like(p), np.zeros_like(p), np.empty_like(p),
                        np.empty_like(p) if l2 else None) for p, grad in pairs]
 
@@ -82,8 +113,7 @@ class Adam:
         b1, b2 = self.betas
         step_size = self.lr / (1 - b1 ** self.t)  # lr / bias correction 1
         bc2_sqrt = (1 - b2 ** self.t) ** 0.5  # sqrt(bias correction 2)
-        wd = self.weight_decay
-        for p, g, m, v, tmp, decayed in self.state:
+        for (p, g, m, v, tmp, decayed), wd in zip(self.state, self.decays):
             if wd and self.decoupled:  # AdamW: p *= 1 - lr wd
                 p *= 1 - self.lr * wd
             elif wd:  # Adam: g = grad + wd p
@@ -102,14 +132,27 @@ class Adam:
             denom += self.eps / step_size
             p -= np.divide(m, denom, out=tmp)
 
+    def state_dict(self):
+        """What step() goes on from, as arrays and plain values (for checkpoints)."""
+        moments = {f'{name}/{i}': a for i, (_, _, m, v, _, _) in enumerate(self.state)
+                   for name, a in (('m', m), ('v', v))}
+        return {'lr': self.lr, 'betas': list(self.betas), 't': self.t, **moments}
+
+    def load_state_dict(self, state):
+        self.lr, self.betas, self.t = state['lr'], tuple(state['betas']), state['t']
+        for i, (p, _, m, v, _, _) in enumerate(self.state):
+            m[...] = _copy_of(state[f'm/{i}'], p)
+            v[...] = _copy_of(state[f'v/{i}'], p)
+
 
 class AdamW(Adam):
     """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr wd before the Adam step."""
 
     decoupled = True
 
-    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(pairs, lr, betas, eps, weight_decay)
+    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 decay_1d=True):
+        super().__init__(pairs, lr, betas, eps, weight_decay, decay_1d)
 
 
 class CosineAnnealingLR:
@@ -131,6 +174,13 @@ class CosineAnnealingLR:
         else:
             ratio = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
             opt.lr = ratio * (opt.lr - eta_min) + eta_min
+
+    def state_dict(self):
+        """The step count; the lr (and momentum) it set are in the optimizer's state."""
+        return {'t': self.t}
+
+    def load_state_dict(self, state):
+        self.t = state['t']
 
 
 class OneCycleLR:
@@ -171,3 +221,10 @@ class OneCycleLR:
             self.optimizer.betas = (momentum, self.optimizer.betas[1])
         else:
             self.optimizer.momentum = momentum
+
+    def state_dict(self):
+        """The step count; the lr (and momentum) it set are in the optimizer's state."""
+        return {'t': self.t}
+
+    def load_state_dict(self, state):
+        self.t = state['t']

@@ -10,8 +10,6 @@ accuracy so far; with --validation_size, validation accuracy) to --out_dir (defa
 folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last completed step;
 --resume continues from it and ends with the same weights as a run that was never interrupted.
 """
-import os
-import shutil
 import sys
 import time
 from functools import partial
@@ -21,9 +19,15 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
 import cifar10_utils
-from command_line import cli, make_parser, non_negative_float, parse_with_preset
+from command_line import (
+    cli,
+    make_parser,
+    non_negative_float,
+    parse_with_preset,
+    resume_defaults,
+)
 from convnet_pytorch import ConvNet
-from train_utils import Run, select_device
+from train_utils import Run, atomic_write, continue_run, resume_point, select_device
 
 # The course's defaults.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -134,6 +138,21 @@ def read_checkpoint(path):
     return state
 
 
+def save_checkpoint(path, step, flags, run, model, optimizer, schedule, scaler, train_set):
+    """The whole state after `step`, what --resume needs to go on bit for bit, to path."""
+    state = {
+        'model': model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'scheduler': schedule.state_dict() if schedule is not None else None,
+        'scaler': scaler.state_dict() if scaler is not None else None,
+        'step': step,
+        'rng': {'torch': torch.get_rng_state(), 'train_set': train_set.state_dict()},
+        'metrics': {**run.metrics, 'wall_seconds': time.perf_counter() - run.started},
+        'flags': flags,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
 def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
           batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT, optimizer=OPTIMIZER_DEFAULT,
           data_dir=None, seed=42, out_dir=None, weight_decay=0.0, lr_schedule='constant',
@@ -148,22 +167,11 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
     if lr_schedule not in ('constant', 'onecycle'):
         raise ValueError(f'lr_schedule must be one of constant, onecycle, got {lr_schedule!r}.')
-    state, start = read_checkpoint(resume) if resume else None, 1
-    if state is not None:
-        saved = state['flags']
-        changed = [n for n in TRAJECTORY_FLAGS if saved.get(n) != flags[n]]
-        if lr_schedule != 'constant' and saved.get('max_steps') != max_steps:
-            changed.append('max_steps')
-        if changed:
-            given = ', '.join(f'--{n} {saved.get(n)}' for n in changed)
-            raise ValueError(f'{resume} was trained with {given}; a resumed run keeps the '
-                             'flags it started with.')
-        if state['step'] > max_steps:
-            raise ValueError(f'{resume} is at step {state["step"]}, beyond --max_steps '
-                             f'{max_steps}.')
-        folder, start = os.path.dirname(os.path.abspath(resume)), state['step'] + 1
-        out_dir = out_dir or folder
-        overwrite = overwrite or os.path.abspath(out_dir) == folder  # a run goes on in place
+    state, start = None, 1
+    if resume:
+        state = read_checkpoint(resume)
+        start, out_dir, overwrite = resume_point(resume, state['flags'], state['step'], flags,
+                                                 TRAJECTORY_FLAGS, out_dir, overwrite)
     split = 'validation' if validation_size else 'test'  # what evaluations and best.pt use
     run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
 
@@ -197,32 +205,13 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         except (KeyError, TypeError, ValueError, RuntimeError):
             raise ValueError(f'{resume} does not hold the states of this run (model, '
                              'optimizer, schedule, batch order).') from None
-        for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
-                    f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
-            run.metrics[key] = state['metrics'][key]
-        run.metrics['resumed'] = [*state['metrics'].get('resumed', []),
-                                  {'from': resume, 'step': start - 1}]
-        run.started -= state['metrics']['wall_seconds']
-        best = os.path.join(folder, 'best.pt')  # the best so far, which the end tests too
-        if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
-            shutil.copyfile(best, run.path('best.pt'))
-
-    def checkpoint(name, step):
-        """The whole state after `step`: what --resume needs to go on bit for bit."""
-        path = run.path(name)
-        torch.save({
-            'model': model.state_dict(), 'optimizer': opt.state_dict(),
-            'scheduler': schedule.state_dict() if schedule is not None else None,
-            'scaler': scaler.state_dict() if scaler is not None else None, 'step': step,
-            'rng': {'torch': torch.get_rng_state(), 'train_set': train_set.state_dict()},
-            'metrics': {**run.metrics, 'wall_seconds': time.perf_counter() - run.started},
-            'flags': flags}, f'{path}.tmp')
-        os.replace(f'{path}.tmp', path)  # a crash never leaves half a checkpoint
+        continue_run(run, state['metrics'], resume, start - 1, 'best.pt')
 
     with run:
         for step in range(start, max_steps + 1):
             if run.stop_requested:  # Ctrl-C, answered between two steps
-                checkpoint('last.pt', step - 1)
+                save_checkpoint(run.path('last.pt'), step - 1, flags, run, model, opt, schedule,
+                                scaler, train_set)
                 print(f'Saved step {step - 1} to {run.path("last.pt")}; continue with '
                       f'--resume {run.path("last.pt")}', file=sys.stderr)
                 raise KeyboardInterrupt
@@ -238,9 +227,10 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             run.log_step(step, loss)
             if step % eval_freq == 0 or step == max_steps:
                 run.log_eval(step, *evaluate_on(eval_set.images, eval_set.labels))
-                checkpoint('last.pt', step)
+                state = (flags, run, model, opt, schedule, scaler, train_set)
+                save_checkpoint(run.path('last.pt'), step, *state)
                 if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
-                    checkpoint('best.pt', step)
+                    save_checkpoint(run.path('best.pt'), step, *state)
         if split == 'validation':  # the test set, once: the final weights, then best.pt's
             test = data['test']
             run.metrics['final_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
@@ -284,15 +274,7 @@ def parse_args(argv=None):
     if args.resume is not None and args.preset is not None:
         parser.error('--preset does not go with --resume: a resumed run keeps the flags it '
                      'started with.')
-    if args.resume is not None:
-        try:
-            saved = read_checkpoint(args.resume)['flags']
-        except ValueError as e:
-            parser.error(str(e))
-        parser.set_defaults(**{k: v for k, v in saved.items()
-                               if k not in ('out_dir', 'resume', 'overwrite')})
-        args = parser.parse_args(argv)
-    return args
+    return resume_defaults(parser, argv, args, lambda path: read_checkpoint(path)['flags'])
 
 
 def main(argv=None):

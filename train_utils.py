@@ -4,6 +4,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -149,8 +150,8 @@ def check_out_dir(out_dir, overwrite=False):
     """ValueError, before any work, for an out_dir that cannot be written or that holds files
     (another run's, which this one would overwrite) when overwrite is False."""
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        last = os.path.join(out_dir, 'last.pt')
-        hint = f', continue it with --resume {last}' if os.path.exists(last) else ''
+        lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
+        hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))
         raise ValueError(f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
                          'or pass --overwrite to replace its files.')
     parent = out_dir  # the folder to write in, or the nearest existing one above it
@@ -197,3 +198,58 @@ def plot_curves(metrics, path):
     fig.savefig(f'{path}.tmp.png', dpi=120, metadata={'Software': None})
     plt.close(fig)
     os.replace(f'{path}.tmp.png', path)
+
+
+def atomic_write(path, write):
+    """write(file) into a temporary file of this process beside path, then renamed to path: a
+    reader never sees half a file, and a failed write leaves no temporary file behind."""
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
+    try:
+        umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def resume_point(resume, saved_flags, saved_step, flags, trajectory_flags, out_dir, overwrite):
+    """Where a run resumed from checkpoint `resume` (saved after saved_step with saved_flags)
+    goes on: (first step, out_dir, overwrite). ValueError, before any work, when a flag of
+    trajectory_flags changed (or max_steps, over which a schedule is laid out), or when the
+    checkpoint is past --max_steps. out_dir defaults to the checkpoint's folder, where the
+    run goes on in place."""
+    changed = [n for n in trajectory_flags if saved_flags.get(n) != flags[n]]
+    if flags['lr_schedule'] != 'constant' and saved_flags.get('max_steps') != flags['max_steps']:
+        changed.append('max_steps')
+    if changed:
+        given = ', '.join(f'--{n} {saved_flags.get(n)}' for n in changed)
+        raise ValueError(f'{resume} was trained with {given}; a resumed run keeps the flags it '
+                         'started with.')
+    if saved_step > flags['max_steps']:
+        raise ValueError(f'{resume} is at step {saved_step}, beyond --max_steps '
+                         f'{flags["max_steps"]}.')
+    folder = os.path.dirname(os.path.abspath(resume))
+    out_dir = out_dir or folder
+    return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
+
+
+def continue_run(run, saved_metrics, resume, saved_step, best_name):
+    """Carries a resumed run's metrics (one run, one metrics.json, across interruptions) and,
+    when it goes on in a new folder, the best checkpoint so far (best_name), which the end of
+    a validation run tests."""
+    split = run.metrics['eval_split']
+    for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
+                f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
+        run.metrics[key] = saved_metrics[key]
+    run.metrics['resumed'] = [*saved_metrics.get('resumed', []),
+                              {'from': resume, 'step': saved_step}]
+    run.started -= saved_metrics['wall_seconds']
+    folder = os.path.dirname(os.path.abspath(resume))
+    best = os.path.join(folder, best_name)
+    if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
+        shutil.copyfile(best, run.path(best_name))

@@ -12,18 +12,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from convnet_numpy import ConvNet
 from custom_batchnorm import (
     CustomBatchNormAutograd,
     CustomBatchNormManualFunction,
     CustomBatchNormManualModule,
 )
-from gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from gradient_check import (
+    eval_numerical_gradient,
+    eval_numerical_gradient_array,
+    eval_numerical_gradient_at,
+    rel_error,
+)
 from mlp_numpy import MLP
 from modules import (
+    BatchNorm2dModule,
     BatchNormModule,
+    Conv2dModule,
     CrossEntropyModule,
     DropoutModule,
     LinearModule,
+    MaxPool2dModule,
     ReLUModule,
     SoftMaxModule,
 )
@@ -273,6 +282,126 @@ class TestMLP(GradientCase):
         err = rel_error(relu.backward(dout), eval_numerical_gradient_array(
             ReLUModule().forward, x, dout))
         self.assertGreater(err, 1e-2)
+
+
+class TestConvolution(GradientCase):
+    """Conv2d, max-pool and spatial batch norm: stride 1 and 2, padding 0 and 1, maps down to
+    the 2 x 2 and 1 x 1 of conv5 and maxpool5, non-square maps (H != W catches a swap)."""
+
+    SHAPES = ((2, 3, 5, 4), (2, 4, 2, 2), (3, 2, 1, 1))  # (B, C, H, W)
+
+    def check_module(self, module, x, what):
+        out = module.forward(x)
+        dout = self.rng.standard_normal(out.shape)
+        dx = module.backward(dout)
+        self.assertGradClose(dx, eval_numerical_gradient_array(module.forward, x, dout),
+                             f'{what} dx')
+        for name, p in getattr(module, 'params', {}).items():
+            num = eval_numerical_gradient_array(lambda _: module.forward(x), p, dout)
+            self.assertGradClose(module.grads[name], num, f'{what} d{name}')
+
+    def test_conv2d_backward(self):
+        for shape in self.SHAPES:
+            for stride in (1, 2):
+                for padding in (0, 1):
+                    if shape[2] + 2 * padding < 3:  # smaller than the kernel
+                        continue
+                    with self.subTest(shape=shape, stride=stride, padding=padding):
+                        conv = Conv2dModule(shape[1], 3, 3, stride, padding, rng=self.rng)
+                        x = self.rng.standard_normal(shape)
+                        self.check_module(conv, x, f'Conv2dModule {shape} s{stride} p{padding}')
+
+    def test_conv2d_equals_torch(self):
+        x = self.rng.standard_normal((2, 3, 6, 5))
+        for stride, padding in ((1, 1), (2, 1), (2, 0)):
+            conv = Conv2dModule(3, 4, 3, stride, padding, rng=self.rng)
+            want = torch.nn.functional.conv2d(
+                torch.from_numpy(x), torch.from_numpy(conv.params['weight']),
+                torch.from_numpy(conv.params['bias']), stride=stride, padding=padding)
+            np.testing.assert_allclose(conv.forward(x), want.numpy(), rtol=1e-12, atol=1e-12)
+
+    def test_maxpool_backward(self):
+        for shape in self.SHAPES:
+            for k, stride, padding in ((3, 2, 1), (3, 1, 1), (2, 2, 0), (3, 2, 0)):
+                if shape[2] + 2 * padding < k:
+                    continue
+                with self.subTest(shape=shape, k=k, stride=stride, padding=padding):
+                    pool = MaxPool2dModule(k, stride, padding)
+                    # distinct values, far apart next to h: no window has a near tie
+                    x = self.rng.permutation(np.prod(shape)).reshape(shape) / 10.0
+                    self.check_module(pool, x, f'MaxPool2dModule {shape} k{k} s{stride}')
+
+    def test_maxpool_equals_torch_with_ties(self):
+        """Windows of equal values (a ReLU's zeros) route their gradient to the first
+        maximum, as torch; padding never wins, even against negative values."""
+        x = np.maximum(self.rng.standard_normal((2, 3, 5, 5)), 0) - 0.5
+        dout = self.rng.standard_normal((2, 3, 3, 3))
+        pool = MaxPool2dModule(3, 2, 1)
+        x_t = torch.from_numpy(x).requires_grad_()
+        out_t = torch.nn.functional.max_pool2d(x_t, 3, 2, 1)
+        out_t.backward(torch.from_numpy(dout))
+        np.testing.assert_array_equal(pool.forward(x), out_t.detach().numpy())
+        dx = pool.backward(dout)
+        np.testing.assert_array_equal(dx != 0, x_t.grad.numpy() != 0)  # the same winners
+        np.testing.assert_allclose(dx, x_t.grad.numpy(), rtol=1e-15, atol=1e-15)  # sums' order
+
+    def test_batchnorm2d_backward(self):
+        for shape in self.SHAPES:
+            for training in (True, False):
+                with self.subTest(shape=shape, training=training):
+                    bn = BatchNorm2dModule(shape[1])
+                    bn.params['gamma'] = self.rng.standard_normal(shape[1])
+                    bn.params['beta'] = self.rng.standard_normal(shape[1])
+                    bn.running_mean = self.rng.standard_normal(shape[1])
+                    bn.running_var = self.rng.uniform(0.5, 2.0, shape[1])
+                    bn.training = training
+                    x = self.rng.standard_normal(shape) * 3 + 2
+                    self.check_module(bn, x, f'BatchNorm2dModule {shape} training={training}')
+
+    def test_batchnorm2d_equals_torch(self):
+        x = self.rng.standard_normal((4, 3, 5, 2)) * 2 + 1
+        bn, reference = BatchNorm2dModule(3), nn.BatchNorm2d(3).double()
+        out = bn.forward(x)
+        want = reference(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.running_var, reference.running_var.numpy(), rtol=1e-12)
+
+    def test_narrow_convnet_end_to_end(self):
+        """Table 1 at 1/32 of its width on 8 x 8 images (maps 8, 4, 2, 1, 1, 1), batch 8:
+        dL/dx whole, and 12 entries of every parameter (all of them would take minutes).
+
+        h = 1e-6: a perturbation moves thousands of activations, and the smaller it is, the
+        less likely one of them crosses a ReLU's kink or a max-pool's tie, where a central
+        difference is wrong (at this seed none does; one seed in 20 puts one there). Most
+        gradients here are exactly 0 and their numerical twins rounding noise (eps L / h, about
+        1e-9): the relative error's floor is 1e-3, so that entries below it are judged
+        absolutely, to 1e-8, and the others (up to about 1) relatively, to 1e-5."""
+        x = self.rng.standard_normal((8, 3, 8, 8))
+        y = random_targets(self.rng, 8, 10)
+        model = ConvNet(3, 10, dtype=np.float64, rng=self.rng, width=1 / 32)
+        loss_module = CrossEntropyModule()
+
+        def loss(_):
+            return loss_module.forward(model.forward(x), y)
+
+        def check(analytic, numeric, what):
+            err = rel_error(analytic, numeric, floor=1e-3)
+            self.assertLessEqual(err, TOL, f'{what}: relative error {err:.2e}')
+
+        loss(x)
+        dx = model.backward(loss_module.backward(model.layers[-1].out, y))
+        check(dx, eval_numerical_gradient(loss, x, h=1e-6), 'ConvNet dx')
+        for i, layer in enumerate(model.layers):
+            for name, p in getattr(layer, 'params', {}).items():
+                indices = self.rng.choice(p.size, size=min(12, p.size), replace=False)
+                numeric = eval_numerical_gradient_at(loss, p, indices, h=1e-6)
+                analytic = layer.grads[name].reshape(-1)[indices]
+                what = f'ConvNet {model.names[i]} d{name}'
+                if name == 'bias' and isinstance(layer, Conv2dModule):
+                    # batch norm subtracts the conv's bias again: its gradient is 0
+                    self.assertLess(np.abs(analytic).max() + np.abs(numeric).max(), 1e-8, what)
+                else:
+                    check(analytic, numeric, what)
 
 
 class TestCustomBatchNorm(unittest.TestCase):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 from conftest import ROOT
 
@@ -16,6 +17,19 @@ def test_step_flops_count():
     # gradients, and the second layer's input gradient 2*200*100*10.
     forward = 2 * 200 * (3072 * 100 + 100 * 10)
     assert benchmark.mlp_step_flops([100], 200) == 2 * forward + 2 * 200 * 100 * 10
+
+
+def test_convnet_step_flops_count():
+    """About 0.92 GFLOP an image for Table 1 (forward, weight and input gradients)."""
+    model, step, _ = benchmark.convnet_twins(2, np.random.default_rng(0))
+    step()
+    assert 0.90e9 < benchmark.convnet_step_flops(model, 2) / 2 < 0.93e9
+
+
+def test_profile_prints_every_layer(capsys):
+    benchmark.profile_convnet_numpy(batch=2, repeats=1)
+    out = capsys.readouterr().out
+    assert 'conv1 Conv2d' in out and 'maxpool5 MaxPool2d' in out and 'linear Linear' in out
 
 
 def test_quick_run_prints_its_table_and_writes_json(tmp_path):
@@ -40,6 +54,10 @@ def test_quick_run_prints_its_table_and_writes_json(tmp_path):
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         expected += ['ConvNet evaluation / training throughput, bfloat16, cpu',
                      'ConvNet training step at batch 32, bfloat16 / float32, cpu']
+    for batch in (32, 128):
+        expected += [f'NumPy / PyTorch ConvNet step at batch {batch}, Adam, float32, cpu',
+                     f'NumPy ConvNet step at batch {batch} / float32 matmul 2048^2',
+                     f'PyTorch ConvNet step at batch {batch} / float32 matmul 2048^2']
     # Loading and a whole run need the real CIFAR-10 (CIFAR10_DIR); skipped with a message.
     has_data = 'skipped' not in result.stderr
     assert [n for n in names if 'get_cifar10' not in n and 'train_mlp_numpy' not in n] == expected
