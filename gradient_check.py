@@ -12,15 +12,14 @@ def eval_numerical_gradient(f, x, h=1e-5):
     Returns an array of x's shape.
     """
     grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)  # views: writes reach x and grad
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
+    for i in np.ndindex(x.shape):  # multi-indices: writes reach x whatever its memory layout
+        old = x[i]
+        x[i] = old + h
         plus = f(x)
-        flat[i] = old - h
+        x[i] = old - h
         minus = f(x)
-        flat[i] = old
-        gflat[i] = (plus - minus) / (2 * h)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
     return grad
 
 
@@ -43,14 +42,14 @@ def rel_error(x, y, floor=1e-8):
 def eval_numerical_gradient_at(f, x, indices, h=1e-5):
     """As eval_numerical_gradient, at the flat positions `indices` of x only (for arrays too
     large to check whole): returns the gradient at those positions, shape (len(indices),)."""
-    flat = x.reshape(-1)  # a view: writes reach x
     grad = np.zeros(len(indices))
-    for n, i in enumerate(indices):
-        old = flat[i]
-        flat[i] = old + h
+    for n, flat_index in enumerate(indices):
+        i = np.unravel_index(flat_index, x.shape)  # writes reach x whatever its layout
+        old = x[i]
+        x[i] = old + h
         plus = f(x)
-        flat[i] = old - h
+        x[i] = old - h
         minus = f(x)
-        flat[i] = old
+        x[i] = old
         grad[n] = (plus - minus) / (2 * h)
     return grad

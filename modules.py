@@ -305,10 +305,12 @@ class Conv2dModule:
     params['weight']: (O, C, k, k); params['bias']: (O,); both PyTorch's default
     initialisation, U(-1/sqrt(C k k), 1/sqrt(C k k)).
 
-    Layout: the arrays have torch's (B, C, H, W) shape, but what forward and backward return
-    is channels-last in memory (torch.channels_last: a transposed view of a (B, H, W, C)
-    array). The channels of a pixel are then adjacent, so a window's row is k k contiguous
-    runs of C numbers and the products need no transpose (benchmark.py's ConvNet rows).
+    Layout: the arrays have torch's shapes, but what forward and backward return is
+    channels-last in memory (torch.channels_last: a transposed view of a (B, H, W, C) array),
+    and the weight and its gradient are views of (O, k, k, C) arrays. A window's row is then
+    k k contiguous runs of C numbers, and turning activations and weights into the matrices
+    of the products below is a free reshape, not a copy (benchmark.py's ConvNet rows). Any
+    other layout gives the same results, through copies.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
@@ -317,9 +319,13 @@ class Conv2dModule:
         self.k, self.stride, self.padding = kernel_size, stride, padding
         fan_in = in_channels * kernel_size ** 2
         weight_shape = (out_channels, in_channels, kernel_size, kernel_size)
-        self.params = {'weight': torch_default_init(rng, weight_shape, fan_in, dtype),
+        # (O, k, k, C) in memory, seen as (O, C, k, k): see Layout above
+        weight = np.empty((out_channels, kernel_size, kernel_size, in_channels), dtype)
+        weight = weight.transpose(0, 3, 1, 2)
+        weight[...] = torch_default_init(rng, weight_shape, fan_in, dtype)
+        self.params = {'weight': weight,
                        'bias': torch_default_init(rng, (out_channels,), fan_in, dtype)}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}  # the same layouts
 
     def forward(self, x):
         """x: (B, C, H, W) -> (B, O, H', W'), channels-last in memory."""
@@ -329,7 +335,7 @@ class Conv2dModule:
         # -> rows (B H' W', k k C), each window's pixels in row-major order: im2col's copy
         self.cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(B * h_out * w_out, -1)
         weight = self.params['weight']  # (O, C, k, k) -> W (O, k k C), in the order of a row
-        self.W = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)
+        self.W = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)  # free: see Layout
         self.x_pad_shape = x_pad.shape
         y = self.cols @ self.W.T  # (B H' W', O)
         y += self.params['bias']

@@ -73,6 +73,15 @@ def small_convnet(monkeypatch):
 
 
 @pytest.fixture
+def small_numpy_convnet(monkeypatch):
+    """train_convnet_numpy builds Table 1's layers at 1/16 of their width."""
+    import convnet_numpy
+    import train_convnet_numpy
+    monkeypatch.setattr(train_convnet_numpy, 'ConvNet',
+                        functools.partial(convnet_numpy.ConvNet, width=1 / 16))
+
+
+@pytest.fixture
 def read_only_dir(tmp_path):
     """A folder nothing can be written in: a chmod 500 one, or for root (whom chmod does not
     stop) /sys."""

@@ -1,7 +1,6 @@
 """convnet_numpy.py and train_convnet_numpy.py: the NumPy ConvNet computes what the PyTorch one
 computes (float64, 1e-10), and its script trains, checkpoints, resumes bit for bit, stops on
 Ctrl-C and answers bad flags with one line."""
-import functools
 import json
 import os
 import signal
@@ -29,13 +28,6 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def small_numpy_convnet(monkeypatch):
-    """train_convnet_numpy builds Table 1's layers at 1/16 of their width."""
-    monkeypatch.setattr(train_convnet_numpy, 'ConvNet',
-                        functools.partial(convnet_numpy.ConvNet, width=WIDTH))
 
 
 @pytest.fixture
@@ -221,7 +213,8 @@ def test_diverging_run_stops_with_advice(fake_cifar, small_numpy_convnet, tmp_pa
 
 @pytest.mark.parametrize('args, message', [
     (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'RMSPROP'"),
-    (['--learning_rate', '-1'], "expected a finite number > 0, got '-1'"),
+    (['--learning_rate', '-1'], "expected a number > 0 that float32 can hold (at most 3.4e38), "
+                                "got '-1'"),
     (['--resume', '{tmp}/missing.npz'], 'error: checkpoint {tmp}/missing.npz does not exist.'),
     (['--resume', '{tmp}/garbage.npz'], 'error: {tmp}/garbage.npz is not a readable checkpoint'),
 ])
