@@ -12,6 +12,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 
 import numpy as np
@@ -27,6 +28,10 @@ BATCH_FILES = TRAIN_FILES + TEST_FILES
 N_CLASSES = 10
 
 
+# A download slower than this over a whole window is given up (a server that trickles).
+STALL_SECONDS, MIN_BYTES_PER_SECOND = 60, 10_000
+
+
 class CIFAR10Error(RuntimeError):
     """The data cannot be found, fetched or read; the message says what to do."""
 
@@ -37,7 +42,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
     ALLOWED = {('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
                ('numpy._core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
-               ('_codecs', 'encode')}  # _codecs.encode: how Python 3 writes bytes in protocol 2
+               ('_codecs', 'encode'),  # _codecs.encode: how Python 3 writes bytes in protocol 2
+               ('__builtin__', 'bytes')}  # and an empty bytes object
 
     def find_class(self, module, name):
         if module.startswith('numpy.core'):  # pickles written before NumPy 2
@@ -62,11 +68,13 @@ def load_batch(path):
         raise CIFAR10Error(f'{path} is truncated or corrupt ({type(e).__name__}: {e}). '
                            'Delete it and download the data again.') from None
     try:
-        data, labels = batch['data'], np.asarray(batch['labels'], dtype=np.int64)
+        data, labels = batch['data'], np.asarray(batch['labels'])
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-                and data.shape[1] == 3072 and labels.shape == (len(data),)):
+                and data.shape[1] == 3072 and labels.shape == (len(data),)
+                and (labels.dtype.kind in 'iu' or labels.size == 0)):  # 3.7 is not a label
             raise ValueError
-    except (TypeError, KeyError, ValueError, IndexError):
+        labels = labels.astype(np.int64)
+    except (TypeError, KeyError, ValueError, IndexError, OverflowError):
         raise CIFAR10Error(f'{path} does not hold a CIFAR-10 batch (a dict with a uint8 '
                            "'data' array of shape (N, 3072) and N 'labels').") from None
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
@@ -96,9 +104,18 @@ def download_cifar10(data_dir, url=None, md5=None):
                 size = response.headers.get('Content-Length')
                 total = int(size) if size and size.isdigit() else None
                 with tqdm.wrapattr(f, 'write', total=total, desc='CIFAR-10', leave=False) as out:
-                    while chunk := response.read(1 << 20):
+                    window_start, window_bytes = time.monotonic(), 0
+                    while chunk := response.read1(1 << 20):  # what has come, at once
                         out.write(chunk)
                         digest.update(chunk)
+                        window_bytes += len(chunk)
+                        if (waited := time.monotonic() - window_start) >= STALL_SECONDS:
+                            if window_bytes < MIN_BYTES_PER_SECOND * waited:
+                                raise CIFAR10Error(
+                                    f'The download from {url} stalled (under '
+                                    f'{MIN_BYTES_PER_SECOND // 1000} kB/s for {waited:.0f} s); '
+                                    'nothing was kept. Try again later.')
+                            window_start, window_bytes = time.monotonic(), 0
         except (OSError, ValueError) as e:  # URLError, timeouts; ValueError: a bad URL
             raise CIFAR10Error(
                 f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
@@ -240,6 +257,10 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     raw, labels = zip(*(load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES))
     raw, labels = np.concatenate(raw), np.concatenate(labels)  # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
+    for images, files in ((raw, 'data_batch_1..5 hold'), (test_x, 'test_batch holds')):
+        if not len(images):  # nothing to train on or to evaluate
+            raise CIFAR10Error(f'In {data_dir}, {files} no images. Delete the folder and '
+                               'download the data again.')
     n_train, v = len(raw), validation_size
     if not 0 <= v < n_train:
         raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '

@@ -2,7 +2,9 @@
 status 2), the flags every script has, presets, and cli(), which turns what a user can cause
 into one sentence and an exit status."""
 import argparse
+import contextlib
 import math
+import numbers
 import os
 import signal
 import sys
@@ -29,15 +31,22 @@ class FlagError(argparse.ArgumentTypeError, ValueError):
     ValueError when the value comes from Python."""
 
 
-def _number(convert, low_ok, what):
+FLOAT32_MAX = 3.4028234663852886e38  # a larger learning rate or decay overflows in float32
+
+
+def _number(convert, low_ok, what, high=math.inf, high_ok=True):
+    """A flag type: text -> a number in (0, high] (0 too if low_ok; high excluded unless
+    high_ok), else FlagError with `what` it expected."""
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and (value > 0 or (low_ok and value == 0))):
+        low = value > 0 or (low_ok and value == 0)
+        if not (math.isfinite(value) and low and (value < high or high_ok and value == high)):
             raise FlagError(f'expected {what}, got {text!r}')
         return value
+    parse.what, parse.convert = what, convert  # for check_arguments
     return parse
 
 
@@ -45,6 +54,10 @@ positive_int = _number(int, False, 'an integer > 0')
 non_negative_int = _number(int, True, 'an integer >= 0')
 positive_float = _number(float, False, 'a finite number > 0')
 non_negative_float = _number(float, True, 'a finite number >= 0')
+rate = _number(float, False, 'a number > 0 that float32 can hold (at most 3.4e38)', FLOAT32_MAX)
+decay = _number(float, True, 'a number >= 0 that float32 can hold (at most 3.4e38)', FLOAT32_MAX)
+fraction = _number(float, True, 'a number in [0, 1)', 1.0, high_ok=False)
+crop_padding = _number(int, True, 'an integer from 0 to 16 (half an image)', 16)
 
 
 def hidden_units(text):
@@ -56,10 +69,22 @@ def hidden_units(text):
                         f'got {text!r}') from None
 
 
+def hidden_layers(value):
+    """train(...)'s dnn_hidden_units, a string as on the command line or a list of positive
+    integers -> that list; ValueError with one sentence otherwise."""
+    if isinstance(value, str):
+        return hidden_units(value)
+    if not (isinstance(value, (list, tuple)) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)):
+        raise ValueError(f'dnn_hidden_units must be a list of positive integers or a string '
+                         f'such as 500,500, got {value!r}.')
+    return list(value)
+
+
 def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):
     """The flags every train script has, with its course defaults; doc: its docstring."""
     p = ArgumentParser(description=doc.split('\n\n')[0])
-    p.add_argument('--learning_rate', type=positive_float, default=learning_rate,
+    p.add_argument('--learning_rate', type=rate, default=learning_rate,
                    help='learning rate of the optimizer')
     p.add_argument('--max_steps', type=positive_int, default=max_steps,
                    help='number of training steps (mini-batches)')
@@ -93,11 +118,11 @@ def add_mlp_flags(p, dnn_hidden_units, batchnorms):
                    help='comma-separated sizes of the hidden layers, e.g. 500,500')
     p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd',
                    help='adamw: Adam with decoupled weight decay')
-    p.add_argument('--momentum', type=non_negative_float, default=0.0,
-                   help='momentum of --optimizer sgd')
-    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+    p.add_argument('--momentum', type=fraction, default=0.0,
+                   help='momentum of --optimizer sgd, in [0, 1)')
+    p.add_argument('--weight_decay', type=decay, default=0.0,
                    help='weight decay (decoupled for adamw, L2 otherwise)')
-    p.add_argument('--dropout', type=non_negative_float, default=0.0,
+    p.add_argument('--dropout', type=fraction, default=0.0,
                    help='dropout probability after each hidden layer, in [0, 1)')
     p.add_argument('--batchnorm', choices=tuple(batchnorms), default='none',
                    help='batch normalization after each hidden linear layer: '
@@ -109,8 +134,48 @@ def add_mlp_flags(p, dnn_hidden_units, batchnorms):
                    default='constant', help='learning-rate schedule over max_steps')
     p.add_argument('--augment', action='store_true',
                    help='random crops (after zero padding) and horizontal flips of each batch')
-    p.add_argument('--augment_padding', type=non_negative_int, default=4,
-                   help='padding of the random crops of --augment; 0: flips only')
+    p.add_argument('--augment_padding', type=crop_padding, default=4,
+                   help='padding of the random crops of --augment, at most 16; 0: flips only')
+
+
+def check_arguments(parser, values):
+    """The command line's checks on values from Python (train(...)'s arguments): each must
+    have the type its flag parses to and pass the flag's own test (range, choices), else a
+    ValueError of one sentence; what the command line gives passes unchanged."""
+    for action in parser._actions:
+        name, value = action.dest, values.get(action.dest)
+        if name not in values or value is None or value == action.default:
+            continue
+        if action.nargs == 0:  # a switch: --augment
+            if not isinstance(value, bool):
+                raise ValueError(f'{name} must be True or False, got {value!r}.')
+        elif action.choices is not None:
+            if value not in action.choices:
+                raise ValueError(f'{name} must be one of {", ".join(map(str, action.choices))}, '
+                                 f'got {value!r}.')
+        elif hasattr(action.type, 'what'):  # the number types above
+            kind = numbers.Integral if action.type.convert is int else numbers.Real
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            try:
+                ok = ok and action.type(str(value)) == value
+            except FlagError:
+                ok = False
+            if not ok:
+                raise ValueError(f'{name} must be {action.type.what}, got {value!r}.')
+        elif action.type is None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f'{name} must be a path (a string), got {value!r}.')
+
+
+def check_memory(n_numbers, what):
+    """ValueError when n_numbers float32 values are more than this machine's memory holds:
+    a network too large to work fails in one sentence before it is built, not in the kernel's
+    out-of-memory killer."""
+    need, have = 4 * n_numbers, math.inf  # inf where the system does not say
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if need > have:
+        raise ValueError(f'{what} needs at least {need / 1e9:.0f} GB, more than the '
+                         f'{have / 1e9:.0f} GB of this machine.')
 
 
 def parse_with_preset(parser, argv, presets):
@@ -149,22 +214,33 @@ def _terminate(signum, frame):
 
 def cli(train, args):
     """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
-    value, 1 missing data or a diverged run, 130 Ctrl-C, 143 SIGTERM (as Ctrl-C throughout,
-    so that a download it stops is cleaned up; the run sets its own handler while it trains)."""
+    value, 1 missing data, a diverged run, a failed write or too little memory, 130 Ctrl-C,
+    143 SIGTERM, 129 SIGHUP (both as Ctrl-C throughout, so that a download they stop is
+    cleaned up; the run sets its own handlers while it trains)."""
     from cifar10_utils import CIFAR10Error
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    prog = os.path.basename(sys.argv[0])
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         metrics = train(**vars(args))
     except (ValueError, CIFAR10Error, FloatingPointError) as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+        print(f'{prog}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except OSError as e:  # a write: a full disk, the run's folder made read-only or deleted
+        print(f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
+              'there: free some space or choose another --out_dir.', file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
+              'network needs less.', file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         if not hasattr(e, 'signal'):  # else the run has said what it saved
             print('Interrupted before the first step; nothing was saved.', file=sys.stderr)
         return 128 + getattr(e, 'signal', e.args[0] if e.args else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
           f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')
     return 0

@@ -13,11 +13,13 @@ results.tex, heatmap.png and best.json.
 """
 import contextlib
 import csv
+import io
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -25,6 +27,7 @@ from unittest import mock
 import joblib
 import numpy as np
 import torch
+from joblib.externals.loky import get_reusable_executor
 from matplotlib.figure import Figure
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from skorch import NeuralNetClassifier
@@ -33,10 +36,17 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 import cifar10_utils
-from command_line import ArgumentParser, hidden_units, non_negative_int, positive_int
+from command_line import (
+    ArgumentParser,
+    FlagError,
+    hidden_units,
+    non_negative_int,
+    positive_int,
+)
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
-from train_utils import check_out_dir, select_device, write_json
+from train_utils import atomic_write, check_out_dir, select_device, write_json
 
+CONNECT_SECONDS = 20  # for the whole handshake with a Dask scheduler
 DEFAULT_GRID = {'batch_size': [64, 128, 256, 512], 'learning_rate': [0.1, 0.01, 0.001],
                 'hidden_units': [[100, 100], [1000], [50, 30, 20]], 'optimizer': ['adam']}
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
@@ -117,14 +127,33 @@ def make_net(max_epochs, device, seed):
 def connect(scheduler):
     """A client of the Dask cluster at scheduler, its workers given the model's code."""
     from dask.distributed import Client
-    try:
-        client = Client(scheduler, timeout='20s')
-    except OSError as e:
-        raise ValueError(f'cannot reach the Dask scheduler at {scheduler} ({e}).') from None
+    # Client's own timeout covers the connection, not a peer that accepts it and then says
+    # nothing: the whole handshake runs in a thread (a daemon: one that hangs is left behind),
+    # given CONNECT_SECONDS.
+    outcome = {}
+
+    def attempt():
+        try:
+            outcome['client'] = Client(scheduler, timeout=f'{CONNECT_SECONDS}s')
+        except Exception as e:  # OSError, TimeoutError, a bad address
+            outcome['error'] = e
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(CONNECT_SECONDS + 5)
+    if 'client' not in outcome:
+        why = type(outcome.get('error', TimeoutError())).__name__
+        raise ValueError(f'no Dask scheduler answered at {scheduler} within {CONNECT_SECONDS} '
+                         f's ({why}); check the address, and that the scheduler runs.')
+    client = outcome['client']
     # The workers unpickle mlp_pytorch.MLP: they need the requirements, not this checkout.
     for module in ('custom_batchnorm.py', 'mlp_pytorch.py'):
         client.upload_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), module))
     threads = sum(client.nthreads().values())
+    if threads == 0:
+        client.close()
+        raise ValueError(f'the Dask scheduler at {scheduler} has no workers; start some with '
+                         f'dask worker {scheduler}.')
     if threads < 2:
         print(f'warning: the cluster at {scheduler} has {threads} worker thread(s); joblib '
               'runs the fits in this process unless it has at least 2.', file=sys.stderr)
@@ -157,7 +186,7 @@ def plot_heatmap(table, path, title):
     axes[0][0].set_ylabel('learning rate')
     fig.colorbar(image, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)
     fig.suptitle(title, fontsize=9, y=1.04)  # above the panel titles
-    fig.savefig(path, dpi=150, bbox_inches='tight')
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=150, bbox_inches='tight'))
 
 
 def comma_list(convert):
@@ -167,11 +196,21 @@ def comma_list(convert):
     return parse
 
 
+def architectures(text):
+    """'100,100;1000' -> [[100, 100], [1000]]; an empty architecture ('100;;10') is refused
+    (the MLP scripts spell a network without hidden layers --dnn_hidden_units '')."""
+    parts = text.split(';')
+    if not all(part.strip() for part in parts):
+        raise FlagError(f'expected architectures separated by ";", none of them empty, such as '
+                        f'100,100;1000, got {text!r}')
+    return [hidden_units(part) for part in parts]
+
+
 def build_parser():
     p = ArgumentParser(description=__doc__.split('\n\n')[0])
     g = p.add_argument_group('the grid (each flag a comma-separated list; flags beat --grid)')
     g.add_argument('--grid', help='JSON file of lists, e.g. {"dropout": [0.0, 0.2]}')
-    g.add_argument('--hidden_units', type=lambda text: [hidden_units(a) for a in text.split(';')],
+    g.add_argument('--hidden_units', type=architectures,
                    help='architectures separated by ";" (default "100,100;1000;50,30,20")')
     for key, convert in (('batch_size', int), ('learning_rate', float), ('optimizer', str),
                          ('weight_decay', float), ('momentum', float), ('dropout', float),
@@ -210,11 +249,43 @@ def stop(signum, frame):
     raise Interrupted(signum)
 
 
+def write_results(out_dir, res, table, grid, args, record):
+    """best.json (record) first, the small record the report reads, then cv_results.csv,
+    results.md, results.tex and heatmap.png, each written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / 'best.json', record)
+    rows = io.StringIO()
+    writer = csv.writer(rows)  # scikit-learn's cv_results_, a row a setting
+    writer.writerow(res)
+    for row in zip(*res.values()):  # optimizers by name, lists and dicts as JSON
+        row = map(from_skorch, row)
+        writer.writerow([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row])
+    write_text(out_dir / 'cv_results.csv', rows.getvalue())
+    # results.md and results.tex: every setting, best first; the grid's varied keys as columns
+    keys = ['batch_size', 'learning_rate', 'hidden_units']
+    keys += [k for k in grid if k not in keys and len(grid[k]) > 1]
+    headers = ['rank', 'CV accuracy (mean ± std)'] + [
+        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
+    rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}', *(r[k] for k in keys)] for r in table]
+    write_text(out_dir / 'results.md', tabulate(rows, headers, 'github', floatfmt='g') + '\n')
+    write_text(out_dir / 'results.tex',  # a whole table, as the report inputs it
+               '\\begin{table}[t]\n\\centering\n\\small\n'
+               + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid '
+               'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
+               'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
+    plot_heatmap(table, out_dir / 'heatmap.png', f'{args.cv}-fold CV on {record["n_train"]} '
+                 f'training images, {args.max_epochs} epochs per fit')
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
     started = time.perf_counter()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:  # every input is checked before the data loads: a bad one costs no fit
         grid = build_grid(args)
         if args.cv < 2:
@@ -239,11 +310,11 @@ def main(argv=None):
 
         param_grid = {SKORCH_NAMES[k]: [OPTIMIZERS[v] for v in values] if k == 'optimizer'
                       else values for k, values in grid.items()}
+        fits = args.cv * math.prod(map(len, grid.values()))
         gs = GridSearchCV(make_net(args.max_epochs, device, args.seed), param_grid,
                           scoring='accuracy', refit=False, error_score='raise',
                           cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
-                          n_jobs=-1 if args.scheduler else args.n_jobs)
-        fits = args.cv * math.prod(map(len, grid.values()))
+                          n_jobs=-1 if args.scheduler else min(args.n_jobs, fits))  # no idlers
         # joblib calls print_progress after each fit, wherever it ran: patched, it moves the bar.
         with (cluster, joblib.parallel_config('dask' if args.scheduler else 'loky'),
               tqdm(total=fits, unit='fit', desc='grid search') as bar,
@@ -269,40 +340,26 @@ def main(argv=None):
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
+        get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
         print('Interrupted; no results were written.', file=sys.stderr)
         return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / 'cv_results.csv', 'w', newline='') as f:
-        writer = csv.writer(f)  # scikit-learn's cv_results_, a row a setting
-        writer.writerow(res)
-        for row in zip(*res.values()):  # optimizers by name, lists and dicts as JSON
-            row = map(from_skorch, row)
-            writer.writerow([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row])
-    # results.md and results.tex: every setting, best first; the grid's varied keys as columns
-    keys = ['batch_size', 'learning_rate', 'hidden_units']
-    keys += [k for k in grid if k not in keys and len(grid[k]) > 1]
-    headers = ['rank', 'CV accuracy (mean ± std)'] + [
-        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
-    rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}', *(r[k] for k in keys)] for r in table]
-    (out_dir / 'results.md').write_text(tabulate(rows, headers, 'github', floatfmt='g') + '\n')
-    (out_dir / 'results.tex').write_text(  # a whole table, as the report inputs it
-        '\\begin{table}[t]\n\\centering\n\\small\n'
-        + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid search '
-        'over the PyTorch MLP: mean and standard deviation of the cross-validated accuracy over '
-        'the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
-    plot_heatmap(table, out_dir / 'heatmap.png',
-                 f'{args.cv}-fold CV on {len(y)} training images, {args.max_epochs} epochs per fit')
-    write_json(out_dir / 'best.json', {
-        'best_params': best, 'best_cv_score': table[0]['mean'], 'best_cv_std': table[0]['std'],
-        'test_accuracy': test_accuracy, 'validation_size': args.validation_size,
-        'validation_accuracy': validation_accuracy, 'grid': grid, 'cv': args.cv,
-        'max_epochs': args.max_epochs, 'n_train': len(y), 'subsample': args.subsample,
-        'seed': args.seed, 'wall_seconds': time.perf_counter() - started,
-        'command': ['python', 'gridsearch.py', *(sys.argv[1:] if argv is None else argv)]})
+    try:  # a full disk or a folder gone: one sentence, and no file half-written
+        write_results(out_dir, res, table, grid, args, {
+            'best_params': best, 'best_cv_score': table[0]['mean'],
+            'best_cv_std': table[0]['std'], 'test_accuracy': test_accuracy,
+            'validation_size': args.validation_size, 'validation_accuracy': validation_accuracy,
+            'grid': grid, 'cv': args.cv, 'max_epochs': args.max_epochs, 'n_train': len(y),
+            'subsample': args.subsample, 'seed': args.seed,
+            'wall_seconds': time.perf_counter() - started,
+            'command': ['python', 'gridsearch.py', *(sys.argv[1:] if argv is None else argv)]})
+    except OSError as e:
+        print(f'{os.path.basename(sys.argv[0])}: error: could not write {e.filename} '
+              f'({e.strerror}); free some space or choose another --out_dir.', file=sys.stderr)
+        return 1
     tested = 'not refit' if test_accuracy is None else f'test accuracy {test_accuracy:.4f}'
     print(f'best {best}: CV accuracy {table[0]["mean"]:.4f} ± {table[0]["std"]:.4f}; {tested}; '
           f'results in {out_dir}')

@@ -18,10 +18,17 @@ import numpy as np
 
 import cifar10_utils
 import optimizers
-from command_line import cli, make_parser, non_negative_float, resume_defaults
+from command_line import (
+    check_arguments,
+    cli,
+    decay,
+    fraction,
+    make_parser,
+    resume_defaults,
+)
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
-from train_utils import Run, atomic_write, continue_run, resume_point
+from train_utils import Run, atomic_write, check_finite, continue_run, resume_point
 
 # The course's defaults, as train_convnet_pytorch.py.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -151,6 +158,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     resume: a last.npz or best.npz to continue from, with the TRAJECTORY_FLAGS it was started
     with; out_dir defaults to its folder."""
     flags = dict(locals())  # every argument, as metrics.json records them
+    check_arguments(build_parser(), flags)
     if not 0 <= label_smoothing < 1:
         raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
     if lr_schedule not in ('constant', 'onecycle'):
@@ -158,9 +166,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
-        start, out_dir, overwrite = resume_point(
-            resume, state['record']['flags'], state['record']['step'], flags, TRAJECTORY_FLAGS,
-            out_dir, overwrite)
+        start, out_dir, overwrite = resume_point(resume, state['record'], flags,
+                                                 TRAJECTORY_FLAGS, 'best.npz', out_dir, overwrite)
     split = 'validation' if validation_size else 'test'  # what evaluations and best.npz use
     run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
     run.metrics['precision'] = 'float32'
@@ -199,14 +206,18 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             if schedule is not None:
                 schedule.step()
             run.log_step(step, loss)
+            check_finite('training loss', loss, step)
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate(model, loss_module, eval_set.images,
-                                             eval_set.labels))
+                eval_loss, accuracy = evaluate(model, loss_module, eval_set.images,
+                                               eval_set.labels)
+                run.log_eval(step, eval_loss, accuracy)
+                check_finite(f'{split} loss', eval_loss, step)  # no best.npz from a diverged run
                 state = (flags, run, model, opt, schedule, train_set)
                 save_checkpoint(run.path('last.npz'), step, *state)
                 if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
                     save_checkpoint(run.path('best.npz'), step, *state)
         if split == 'validation':  # the test set, once: the final weights, then best.npz's
+            run.stop_at_once()
             test = data['test']
             run.metrics['final_test_accuracy'] = evaluate(model, loss_module, test.images,
                                                           test.labels)[1]
@@ -221,9 +232,9 @@ def build_parser():
                     EVAL_FREQ_DEFAULT)
     p.add_argument('--optimizer', type=str.upper, choices=('ADAM', 'SGD'),
                    default=OPTIMIZER_DEFAULT, help='ADAM, or SGD with Nesterov momentum 0.9')
-    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+    p.add_argument('--weight_decay', type=decay, default=0.0,
                    help='L2 weight decay of the convolution and linear weights')
-    p.add_argument('--label_smoothing', type=non_negative_float, default=0.0,
+    p.add_argument('--label_smoothing', type=fraction, default=0.0,
                    help='the share of each target spread evenly over all classes, in [0, 1)')
     p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
                    help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate')

@@ -20,14 +20,23 @@ from torch.fx.experimental.optimization import fuse
 
 import cifar10_utils
 from command_line import (
+    check_arguments,
     cli,
+    decay,
+    fraction,
     make_parser,
-    non_negative_float,
     parse_with_preset,
     resume_defaults,
 )
 from convnet_pytorch import ConvNet
-from train_utils import Run, atomic_write, continue_run, resume_point, select_device
+from train_utils import (
+    Run,
+    atomic_write,
+    check_finite,
+    continue_run,
+    resume_point,
+    select_device,
+)
 
 # The course's defaults.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -163,6 +172,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
     with; out_dir defaults to its folder. preset only records where the flags came from."""
     flags = dict(locals())  # every argument, as metrics.json records them
+    check_arguments(build_parser(), flags)
     if not 0 <= label_smoothing < 1:
         raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
     if lr_schedule not in ('constant', 'onecycle'):
@@ -170,8 +180,8 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
-        start, out_dir, overwrite = resume_point(resume, state['flags'], state['step'], flags,
-                                                 TRAJECTORY_FLAGS, out_dir, overwrite)
+        start, out_dir, overwrite = resume_point(resume, state, flags, TRAJECTORY_FLAGS,
+                                                 'best.pt', out_dir, overwrite)
     split = 'validation' if validation_size else 'test'  # what evaluations and best.pt use
     run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
 
@@ -225,13 +235,17 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             if schedule is not None:
                 schedule.step()
             run.log_step(step, loss)
+            check_finite('training loss', float(loss), step)
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate_on(eval_set.images, eval_set.labels))
+                eval_loss, accuracy = evaluate_on(eval_set.images, eval_set.labels)
+                run.log_eval(step, eval_loss, accuracy)
+                check_finite(f'{split} loss', eval_loss, step)  # no best.pt from a diverged run
                 state = (flags, run, model, opt, schedule, scaler, train_set)
                 save_checkpoint(run.path('last.pt'), step, *state)
                 if run.metrics[f'{split}_accuracy'][-1] == run.metrics[f'best_{split}_accuracy']:
                     save_checkpoint(run.path('best.pt'), step, *state)
         if split == 'validation':  # the test set, once: the final weights, then best.pt's
+            run.stop_at_once()
             test = data['test']
             run.metrics['final_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
             model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
@@ -244,9 +258,9 @@ def build_parser():
                     EVAL_FREQ_DEFAULT, PRESETS)
     p.add_argument('--optimizer', type=str.upper, choices=('ADAM', 'SGD'),
                    default=OPTIMIZER_DEFAULT, help='ADAM, or SGD with Nesterov momentum 0.9')
-    p.add_argument('--weight_decay', type=non_negative_float, default=0.0,
+    p.add_argument('--weight_decay', type=decay, default=0.0,
                    help='L2 weight decay of the convolution and linear weights')
-    p.add_argument('--label_smoothing', type=non_negative_float, default=0.0,
+    p.add_argument('--label_smoothing', type=fraction, default=0.0,
                    help='the share of each target spread evenly over all classes, in [0, 1)')
     p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
                    help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate')

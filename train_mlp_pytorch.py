@@ -11,9 +11,17 @@ import torch
 import torch.nn.functional as F
 
 import cifar10_utils
-from command_line import add_mlp_flags, cli, hidden_units, make_parser, parse_with_preset
+from command_line import (
+    add_mlp_flags,
+    check_arguments,
+    check_memory,
+    cli,
+    hidden_layers,
+    make_parser,
+    parse_with_preset,
+)
 from mlp_pytorch import ACTIVATIONS, MLP
-from train_utils import Run, select_device
+from train_utils import Run, check_finite, select_device
 
 # The course's defaults (those of the NumPy MLP).
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -97,8 +105,12 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     preset only records which preset the flags came from (main applies it).
     """
     flags = dict(locals())  # every argument, as metrics.json records them
-    if isinstance(dnn_hidden_units, str):
-        flags['dnn_hidden_units'] = dnn_hidden_units = hidden_units(dnn_hidden_units)
+    check_arguments(build_parser(), flags)
+    flags['dnn_hidden_units'] = dnn_hidden_units = hidden_layers(dnn_hidden_units)
+    sizes = [3 * 32 * 32, *dnn_hidden_units, cifar10_utils.N_CLASSES]
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    # the weights, their gradients, two optimizer moments and a scratch array, in float32
+    check_memory(5 * weights, f'--dnn_hidden_units {",".join(map(str, sizes[1:-1]))}')
 
     split = 'validation' if validation_size else 'test'  # what the evaluations use
     run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite, eval_split=split)
@@ -121,18 +133,23 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
             if augment:
                 x = cifar10_utils.random_crop_flip(x, train_set.rng, augment_padding)
             x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-            run.log_step(step, train_step(model, opt, x, y))
+            loss = train_step(model, opt, x, y)
+            run.log_step(step, loss)
+            check_finite('training loss', loss, step)
             if schedule is not None:
                 schedule.step()
             if step % eval_freq == 0 or step == max_steps:
-                run.log_eval(step, *evaluate(model, eval_set.images, eval_set.labels, dev))
+                eval_loss, accuracy = evaluate(model, eval_set.images, eval_set.labels, dev)
+                run.log_eval(step, eval_loss, accuracy)
+                check_finite(f'{split} loss', eval_loss, step)
         if split == 'validation':  # the test set, once, on the final weights
+            run.stop_at_once()
             run.metrics['final_test_accuracy'] = evaluate(
                 model, data['test'].images, data['test'].labels, dev)[1]
     return run.metrics
 
 
-def main(argv=None):
+def build_parser():
     p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
                     EVAL_FREQ_DEFAULT, PRESETS)
     add_mlp_flags(p, DNN_HIDDEN_UNITS_DEFAULT, {
@@ -142,7 +159,11 @@ def main(argv=None):
                    help='hidden-layer activation')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help='auto: CUDA when available')
-    return cli(train, parse_with_preset(p, argv, PRESETS))
+    return p
+
+
+def main(argv=None):
+    return cli(train, parse_with_preset(build_parser(), argv, PRESETS))
 
 
 if __name__ == '__main__':

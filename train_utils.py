@@ -1,5 +1,7 @@
 """Chores the train scripts share, none of them the lesson: device choice, the run folder
 (metrics.json, curves.png), the progress bar, Ctrl-C and SIGTERM."""
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -16,6 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from command_line import flags_to_argv
+
+# The signals that stop a run as Ctrl-C does: kill's default, and a closed terminal's.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def select_device(name='auto'):
@@ -34,12 +39,14 @@ class Run:
     """A run's folder, metrics and progress bar: ``with Run(...) as run:`` around the loop.
 
     Made before any data loads, it refuses at once an out_dir it cannot write or that holds
-    another run (unless overwrite). Inside ``with``, Ctrl-C or SIGTERM sets stop_requested,
-    which the loop reads between steps (a second one stops at once). Leaving saves curves.png
-    and metrics.json: status 'completed', 'interrupted' or 'diverged', the flags, the command
-    that reproduces the run, the training loss per step, the loss and accuracy on eval_split
-    per evaluation ('validation': the script sets final_test_accuracy once, at the end), and
-    the wall time."""
+    another run (unless overwrite). Entering ``with`` claims the folder for this run (a lock
+    that another run on it is refused by, in one sentence). Inside, Ctrl-C, SIGTERM or SIGHUP
+    sets stop_requested, which the loop reads between steps (a second one stops at once, and
+    after stop_at_once() the first does). Leaving saves metrics.json, then curves.png, with
+    signals held off until both are written: status 'completed', 'interrupted' or
+    'diverged', the flags, the command that reproduces the run, the training loss per step,
+    the loss and accuracy on eval_split per evaluation ('validation': the script sets
+    final_test_accuracy once, at the end), and the wall time."""
 
     def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
                  overwrite=False, eval_split='test'):
@@ -53,6 +60,7 @@ class Run:
         check_out_dir(out_dir, overwrite or not self.named)
         self.out_dir, self.made = out_dir, False  # made at the first write (see path)
         self.stop_requested, self.signal = False, signal.SIGINT
+        self.at_once = self.saving = False  # what a signal does now (see _on_signal)
         self.started = time.perf_counter()
         versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
                     if m in sys.modules}  # str: weights_only loading refuses TorchVersion
@@ -74,25 +82,25 @@ class Run:
         for all but one), never the first one's folder."""
         base, n = self.out_dir, 1
         while not self.made:
+            fresh = [self.out_dir]  # the folders made here, removed if the run never starts
+            while fresh[-1] and not os.path.exists(fresh[-1]):
+                fresh.append(os.path.dirname(fresh[-1]))
             try:
                 os.makedirs(self.out_dir, exist_ok=self.named)
-                self.made = True
+                self.made, self.fresh = True, fresh[:-1]
             except FileExistsError:
                 n += 1
                 self.out_dir = self.metrics['out_dir'] = f'{base}-{n}'
         return os.path.join(self.out_dir, name)
 
     def log_step(self, step, loss):
-        """Records a step's training loss; FloatingPointError when it is not finite."""
+        """Records a step's training loss."""
         self.metrics['steps'].append(step)
         self.metrics['train_loss'].append(float(loss))
         if self.bar is None:  # made here: a run that fails to start shows only its error
             self.bar = tqdm(unit='step', file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
                             **self._bar_args)
         self.bar.update(1)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f'The training loss became {float(loss)} at step {step}: '
-                                     'the run diverged; lower --learning_rate.')
 
     def log_eval(self, step, loss, accuracy):
         """Records and prints an evaluation, then saves metrics.json."""
@@ -112,31 +120,61 @@ class Run:
         path = self.path('metrics.json')  # first: it makes the folder (and may rename it)
         if status is not None:
             self.metrics['status'] = status
+        write_json(path, self.metrics)  # the small record first, should the disk fill up
+        if status is not None:
             plot_curves(self.metrics, self.path('curves.png'))
-        write_json(path, self.metrics)
 
-    def _on_signal(self, signum, frame):
+    def stop_at_once(self):
+        """From here on the first signal stops the run at once (the final test evaluations,
+        with no step boundary to wait for); one that came already stops it now."""
         if self.stop_requested:
             raise KeyboardInterrupt
-        self.stop_requested, self.signal = True, signum
+        self.at_once = True
+
+    def _on_signal(self, signum, frame):
+        if self.saving:  # the final save goes on: it is what the signal wants kept
+            return
+        if not self.stop_requested:
+            self.stop_requested, self.signal = True, signum
+            if not self.at_once:
+                return
+        raise KeyboardInterrupt
+
+    def _claim(self):
+        """Locks out_dir/.lock for as long as this process runs: a second run on the folder
+        is refused (the lock goes with the process, even a killed one)."""
+        lock = self.path('.lock')
+        self._lock = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise ValueError(f'--out_dir {self.out_dir} is in use by another run that is still '
+                             'going; wait for it to end, or choose another folder.') from None
 
     def __enter__(self):
+        self._claim()
         self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            self._previous = {s: signal.signal(s, self._on_signal)
-                              for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, kind, error, traceback):
         if self.bar is not None:
             self.bar.close()
-        try:  # the handlers stay until the last save: a Ctrl-C now cannot cut it short
+        self.saving = True  # signals wait until the last save is written
+        try:
             if kind in (None, KeyboardInterrupt, FloatingPointError):
                 self.save('completed' if kind is None else
                           'interrupted' if kind is KeyboardInterrupt else 'diverged')
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
+            with contextlib.suppress(OSError):  # the folder may be gone: the run says so
+                os.unlink(os.path.join(self.out_dir, '.lock'))
+                for folder in self.fresh:  # a run that failed before its first save
+                    os.rmdir(folder)  # leaves no folder: rmdir stops at the first non-empty one
+            os.close(self._lock)
         if kind is KeyboardInterrupt:
             error.signal = self.signal  # cli's exit status: 128 + its number
             print(f'Stopped by {signal.Signals(self.signal).name} after step '
@@ -146,10 +184,18 @@ class Run:
             error.args = (f'{error} Metrics up to here are in {self.out_dir}.',)
 
 
+def check_finite(what, value, step):
+    """FloatingPointError, which ends a run as 'diverged', when value (a loss) is not finite."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f'The {what} became {float(value)} at step {step}: the run '
+                                 'diverged; lower --learning_rate.')
+
+
 def check_out_dir(out_dir, overwrite=False):
     """ValueError, before any work, for an out_dir that cannot be written or that holds files
     (another run's, which this one would overwrite) when overwrite is False."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
+    if held and not overwrite:
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
         hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))
         raise ValueError(f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
@@ -164,9 +210,9 @@ def check_out_dir(out_dir, overwrite=False):
 
 
 def write_json(path, obj):
-    with open(f'{path}.tmp', 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(f'{path}.tmp', path)  # a reader never sees half a file
+    """obj as JSON to path, atomically (a reader never sees half a file)."""
+    text = json.dumps(obj, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def plot_curves(metrics, path):
@@ -195,16 +241,21 @@ def plot_curves(metrics, path):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(f'{path}.tmp.png', dpi=120, metadata={'Software': None})
-    plt.close(fig)
-    os.replace(f'{path}.tmp.png', path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120,
+                                                 metadata={'Software': None}))
+    finally:
+        plt.close(fig)
 
 
 def atomic_write(path, write):
     """write(file) into a temporary file of this process beside path, then renamed to path: a
     reader never sees half a file, and a failed write leaves no temporary file behind."""
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
+    except OSError as e:  # the folder is gone, or read-only
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
         os.umask(umask)
@@ -212,17 +263,22 @@ def atomic_write(path, write):
         with os.fdopen(fd, 'wb') as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # its folder may be gone
+            os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a folder made read-only or deleted
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
-def resume_point(resume, saved_flags, saved_step, flags, trajectory_flags, out_dir, overwrite):
-    """Where a run resumed from checkpoint `resume` (saved after saved_step with saved_flags)
-    goes on: (first step, out_dir, overwrite). ValueError, before any work, when a flag of
-    trajectory_flags changed (or max_steps, over which a schedule is laid out), or when the
-    checkpoint is past --max_steps. out_dir defaults to the checkpoint's folder, where the
-    run goes on in place."""
+def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, overwrite):
+    """Where a run resumed from checkpoint `resume` goes on: (first step, out_dir, overwrite).
+    saved: the checkpoint's 'flags', 'step' and 'metrics'. ValueError, before any work, when a
+    flag of trajectory_flags changed (or max_steps, over which a schedule is laid out), when
+    the checkpoint is past --max_steps, or when a validation run that has been evaluated lacks
+    the best checkpoint (best_name) beside it, which its end tests. out_dir defaults to the
+    checkpoint's folder, where the run goes on in place."""
+    saved_flags, saved_step = saved['flags'], saved['step']
     changed = [n for n in trajectory_flags if saved_flags.get(n) != flags[n]]
     if flags['lr_schedule'] != 'constant' and saved_flags.get('max_steps') != flags['max_steps']:
         changed.append('max_steps')
@@ -234,6 +290,11 @@ def resume_point(resume, saved_flags, saved_step, flags, trajectory_flags, out_d
         raise ValueError(f'{resume} is at step {saved_step}, beyond --max_steps '
                          f'{flags["max_steps"]}.')
     folder = os.path.dirname(os.path.abspath(resume))
+    evaluated = saved['metrics'].get('eval_steps')
+    if flags['validation_size'] and evaluated and not os.path.exists(
+            os.path.join(folder, best_name)):
+        raise ValueError(f'{resume} has no {best_name} beside it, which the end of its '
+                         'validation run tests; put it back, or start the run again.')
     out_dir = out_dir or folder
     return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
 

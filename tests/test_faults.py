@@ -16,7 +16,7 @@ import train_mlp_numpy
 import train_mlp_pytorch
 import train_utils
 from cifar10_utils import DataSet
-from train_utils import Run
+from train_utils import Run, check_finite
 
 SCRIPTS = [train_mlp_numpy, train_mlp_pytorch, train_convnet_pytorch]
 SCRIPT_IDS = ['numpy', 'pytorch', 'convnet']
@@ -122,8 +122,10 @@ def test_a_finite_loss_jump_is_not_divergence(tmp_path):
     assert run.metrics['status'] == 'completed'
     with pytest.raises(FloatingPointError, match='became nan at step 2'):
         with Run('train_x.py', {}, str(tmp_path / 'nan')) as run:
-            run.log_step(1, 2.4)
-            run.log_step(2, float('nan'))
+            for step, loss in enumerate([2.4, float('nan')], start=1):
+                run.log_step(step, loss)
+                check_finite('training loss', loss, step)
+    assert run.metrics['status'] == 'diverged'
 
 
 def test_divergence_message_has_its_own_line(fake_cifar, tmp_path):
@@ -252,12 +254,12 @@ def test_ctrl_c_before_the_first_step_is_one_sentence(script, fake_cifar, small_
 
 
 @pytest.mark.parametrize('script, kwargs, message', [
-    (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer >= 1, got 0.'),
-    (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer >= 1, got 0.'),
+    (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer > 0, got 0.'),
+    (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer > 0, got 0.'),
     (train_convnet_pytorch, {'seed': -1}, 'seed must be an integer >= 0, got -1.'),
     (train_mlp_numpy, {'dnn_hidden_units': 'abc'}, 'expected comma-separated positive'),
-    (train_mlp_pytorch, {'dnn_hidden_units': [0]}, 'n_hidden must be a list of positive'),
-    (train_mlp_numpy, {'dnn_hidden_units': 100}, 'n_hidden must be a list of positive'),
+    (train_mlp_pytorch, {'dnn_hidden_units': [0]}, 'dnn_hidden_units must be a list of positive'),
+    (train_mlp_numpy, {'dnn_hidden_units': 100}, 'dnn_hidden_units must be a list of positive'),
     (train_convnet_pytorch, {'device': 'tpu'}, 'device must be one of auto, cpu, cuda'),
 ], ids=['eval_freq', 'max_steps', 'seed', 'hidden-text', 'hidden-zero', 'hidden-int', 'device'])
 def test_bad_values_from_python_are_one_sentence_before_the_data(script, kwargs, message,
@@ -284,7 +286,7 @@ def test_sigterm_during_the_download_leaves_nothing(tmp_path, monkeypatch, capsy
         def __exit__(self, *exc):
             return False
 
-        def read(self, size):
+        def read1(self, size):
             os.kill(os.getpid(), signal.SIGTERM)
             return b'x' * 1000
 

@@ -272,7 +272,7 @@ def test_unreachable_scheduler(fake_cifar, tmp_path, capsys):
     code = gridsearch.main([*TINY, '--scheduler', f'tcp://127.0.0.1:{free_port()}',
                             '--data_dir', fake_cifar, '--out_dir', str(tmp_path / 'o')])
     assert code == 2
-    assert 'cannot reach the Dask scheduler at tcp://127.0.0.1:' in capsys.readouterr().err
+    assert 'no Dask scheduler answered at tcp://127.0.0.1:' in capsys.readouterr().err
 
 
 def test_cli_help():

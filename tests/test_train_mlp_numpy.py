@@ -100,10 +100,10 @@ def run_script(args, cwd, env=None):
                                       "positive integers such as 100 or 500,500, got '100,x'"),
     (['--dnn_hidden_units', '0'], "got '0'"),
     (['--dnn_hidden_units=-5'], "got '-5'"),
-    (['--learning_rate', '0'], "argument --learning_rate: expected a finite number > 0, "
-                               "got '0'"),
-    (['--learning_rate=-1e-3'], 'argument --learning_rate: expected a finite number > 0'),
-    (['--learning_rate', 'nan'], 'argument --learning_rate: expected a finite number > 0'),
+    (['--learning_rate', '0'], "argument --learning_rate: expected a number > 0 that float32 "
+                               "can hold (at most 3.4e38), got '0'"),
+    (['--learning_rate=-1e-3'], 'argument --learning_rate: expected a number > 0 that float32'),
+    (['--learning_rate', 'nan'], 'argument --learning_rate: expected a number > 0 that float32'),
     (['--max_steps', '0'], "argument --max_steps: expected an integer > 0, got '0'"),
     (['--batch_size', '-2'], "argument --batch_size: expected an integer > 0, got '-2'"),
     (['--batch_size', '1.5'], "argument --batch_size: expected an integer > 0, got '1.5'"),
