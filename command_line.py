@@ -203,9 +203,16 @@ def resume_defaults(parser, argv, args, read_flags):
 def flags_to_argv(flags):
     """{'max_steps': 10, 'dnn_hidden_units': [100]} -> ['--max_steps', '10', ...]: the command
     line that reproduces a run (None and False flags are left out)."""
-    return [arg for k, v in flags.items() if v is not None and v is not False
-            for arg in ([f'--{k}'] if v is True else
-                        [f'--{k}', ','.join(map(str, v)) if isinstance(v, list) else str(v)])]
+    argv = []
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv.append(f'--{name}')
+        if isinstance(value, list):
+            argv.append(','.join(map(str, value)))
+        elif value is not True:  # a switch has no value
+            argv.append(str(value))
+    return argv
 
 
 def _terminate(signum, frame):

@@ -28,8 +28,8 @@ class Im2colConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same outputs) computed as one matrix product: the weights,
     flattened to (out, in * 3 * 3), times every 3 x 3 patch of the input unfolded into a column
     ("im2col"). conv5_a and conv5_b see 2 x 2 maps, where most of each padded window is zeros
-    and the CPU's convolution kernels run at a third of a matrix product's speed: there this
-    makes a whole training step at batch 128 in bfloat16 about 1.2 times faster on the CPU."""
+    and the CPU's convolution kernels run well below a matrix product's speed (the report's
+    Speed section has the measurement)."""
 
     def forward(self, x):
         """x: (B, in, H, W) -> (B, out, H, W)."""

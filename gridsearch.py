@@ -178,10 +178,11 @@ def plot_heatmap(table, path, title):
         image = ax.imshow(cells, cmap='viridis', vmin=0.0, vmax=vmax, aspect='auto')
         for (i, j), v in np.ndenumerate(cells):
             if not np.isnan(v):
-                ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8,
-                        color='white' if v < 0.6 * vmax else 'black')
-        ax.set(xticks=range(len(batch_sizes)), xticklabels=[str(b) for b in batch_sizes],
-               yticks=range(len(lrs)), yticklabels=[f'{lr:g}' for lr in lrs], xlabel='batch size')
+                color = 'white' if v < 0.6 * vmax else 'black'  # legible on dark cells
+                ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color=color)
+        ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
+        ax.set_yticks(range(len(lrs)), [f'{lr:g}' for lr in lrs])
+        ax.set_xlabel('batch size')
         ax.set_title(f'hidden layers {list(arch)}', fontsize=9)
     axes[0][0].set_ylabel('learning rate')
     fig.colorbar(image, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)

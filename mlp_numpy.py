@@ -63,15 +63,6 @@ class MLP(Sequential):
     def linear_layers(self):
         return [layer for layer in self.layers if isinstance(layer, LinearModule)]
 
-    def backward_from_logits(self, dlogits, input_grad=True):
-        """As backward, from dL/d(logits), the gradient at the softmax's input (B, n_classes).
-        For the cross-entropy of a softmax dL/dlogits = (probs - t) / B, which stays exact
-        where a probability underflows to 0 (train_mlp_numpy.train_step)."""
-        first, *rest = self.layers[:-1]
-        for layer in reversed(rest):
-            dlogits = layer.backward(dlogits)
-        return first.backward(dlogits, input_grad=input_grad)
-
     def __repr__(self):
         shapes = [layer.params['weight'].shape[::-1] for layer in self.linear_layers]
         return f'MLP({" -> ".join(str(s[0]) for s in shapes)} -> {shapes[-1][1]})'

@@ -8,7 +8,7 @@ and returns it with respect to the input. Modules with parameters keep them in
 The derivations (B is the batch size, y the output, x the input, L the loss):
 
     Linear       y = x W^T + b        dL/dx = dL/dy W,  dL/dW = (dL/dy)^T x,  dL/db = sum_b dL/dy
-    ReLU         y = max(0, x)        dL/dx = dL/dy * [x > 0]          (the derivative is 1, not x)
+    ReLU         y = max(0, x)        dL/dx = dL/dy * [x > 0]          (the derivative: 1 or 0)
     Softmax      y_i = e^{x_i} / sum_j e^{x_j}
                  dy_i/dx_j = y_i (delta_ij - y_j)
                  dL/dx = y * (dL/dy - sum_j dL/dy_j y_j)           (row by row)
@@ -25,11 +25,10 @@ The derivations (B is the batch size, y the output, x the input, L the loss):
 The layers of the ConvNet, on (B, C, H, W) maps (x_pad: x with its zero padding, s the stride):
 
     Conv2d       y[b,o,i,j] = bias_o + sum_{c,u,v} weight[o,c,u,v] x_pad[b, c, s i + u, s j + v]
-                 Each k x k window of x_pad unfolded into a row of cols (im2col), the weight
-                 flattened to W (O, k k C), the convolution is Linear on every window:
-                 y = cols W^T + b,   dL/dW = (dL/dy)^T cols,   dL/db = sum_{b,i,j} dL/dy,
-                 dL/dcols = dL/dy W, and dL/dx folds dL/dcols back (col2im): each window's
-                 row is added to the pixels it was read from, summed where windows overlap.
+                 = Linear on every window: y = cols W^T + b, with each window of x_pad a row
+                 of cols (im2col) and W the weight flattened to (O, k k C), so that
+                 dL/dW = (dL/dy)^T cols,  dL/db = sum_{b,i,j} dL/dy,  dL/dx = fold(dL/dy W):
+                 each window's row added back to the pixels it was read from (col2im).
     MaxPool2d    y[b,c,i,j] = max_{u,v} x_pad[b, c, s i + u, s j + v]   (padding is -inf)
                  dL/dx = sum over the windows of dL/dy at the window's maximum, 0 elsewhere
                  (the first maximum where there are ties, as torch)
@@ -57,23 +56,19 @@ class LinearModule:
         self.x = None
 
     def forward(self, x):
-        """x: (B, in_features) -> (B, out_features)."""
+        """x: (B, in_features) -> (B, out_features).  y = x W^T + b"""
         self.x = x
-        # x @ W.T lets BLAS read W transposed in place (no copy of the weight matrix); adding
-        # the bias in place saves a second (B, out_features) array.
-        out = x @ self.params['weight'].T
-        out += self.params['bias']
-        return out
+        return x @ self.params['weight'].T + self.params['bias']
 
     def backward(self, dout, input_grad=True):
         """dout: (B, out_features) -> dx: (B, in_features); fills grads.
+        dL/dW = dout^T x,  dL/db = sum_b dout,  dL/dx = dout W
 
         input_grad=False skips dx (returns None): the first layer's dx is a third of its
         backward work and nothing uses it in training.
         """
-        # out= writes into the existing gradient buffers instead of allocating new ones.
-        np.matmul(dout.T, self.x, out=self.grads['weight'])
-        np.sum(dout, axis=0, out=self.grads['bias'])
+        self.grads['weight'][...] = dout.T @ self.x  # [...]: the optimizer holds these arrays
+        self.grads['bias'][...] = dout.sum(axis=0)
         return dout @ self.params['weight'] if input_grad else None
 
 
@@ -81,25 +76,37 @@ class ReLUModule:
     """Elementwise y = max(0, x), any shape."""
 
     def forward(self, x):
-        # One pass; backward reads the mask off the output (y > 0 exactly where x > 0).
+        """x: any shape -> the same shape.  y = max(0, x)"""
         self.out = np.maximum(x, 0)
         return self.out
 
     def backward(self, dout):
-        return dout * (self.out > 0)
+        """dout: the output's shape -> dx: the same.  dL/dx = dout [x > 0]"""
+        return dout * (self.out > 0)  # y > 0 exactly where x > 0
 
 
 class SoftMaxModule:
-    """Row-wise softmax, (B, C) -> (B, C), stable for large inputs (the row maximum is
-    subtracted first, so exp never overflows)."""
+    """Row-wise softmax, (B, C) -> (B, C), stable for large inputs: the row maximum is
+    subtracted first, so exp never overflows.
+
+    A probability that would underflow (below tiny, the smallest normal float of its dtype)
+    is raised to tiny. Followed by CrossEntropy, whose gradient is g = -t / (B y) for targets t
+    that sum to 1, backward gives dL/dx = y * (g - sum_j g_j y_j) = (y - t) / B through the
+    products y_j g_j = -t_j / B. Those hold only while every y_j >= tiny, where CrossEntropy
+    divides by y_j itself (and 1 / (B tiny) is still finite): at y_j = 0 a sample's gradient
+    would be lost (tests/test_train_mlp_numpy.py builds that case). A row's sum moves by at
+    most C tiny, far below rounding.
+    """
 
     def forward(self, x):
+        """x: (B, C) -> (B, C).  y_i = max(exp(x_i - m) / sum_k exp(x_k - m), tiny), with
+        m = max_j x_j"""
         z = np.exp(x - x.max(axis=1, keepdims=True))
-        z /= z.sum(axis=1, keepdims=True)
-        self.out = z
-        return z
+        self.out = np.maximum(z / z.sum(axis=1, keepdims=True), np.finfo(z.dtype).tiny)
+        return self.out
 
     def backward(self, dout):
+        """dout: (B, C) -> dx: (B, C).  dL/dx = y * (dout - sum_j dout_j y_j), row by row"""
         y = self.out
         return y * (dout - np.sum(dout * y, axis=1, keepdims=True))
 
@@ -107,8 +114,8 @@ class SoftMaxModule:
 class CrossEntropyModule:
     """Mean over the batch of -sum_i t_i log x_i, for probabilities x and targets t (B, C).
 
-    A probability of exactly 0 is raised to the smallest positive float of its dtype, so the
-    loss stays finite where a class is certain to be wrong.
+    A probability below tiny (the smallest normal float of its dtype; 0 included) is raised
+    to tiny, so the loss stays finite where a class is certain to be wrong.
     """
 
     @staticmethod
@@ -116,9 +123,12 @@ class CrossEntropyModule:
         return np.maximum(x, np.finfo(x.dtype).tiny)
 
     def forward(self, x, y):
+        """x, y: (B, C) probabilities and targets -> the loss, a scalar.
+        L = -1/B sum_b sum_i y_bi log x_bi"""
         return -np.sum(y * np.log(self._safe(x))) / x.shape[0]
 
     def backward(self, x, y):
+        """x, y: (B, C) -> dL/dx: (B, C).  dL/dx = -y / (B x)"""
         return -y / (self._safe(x) * x.shape[0])
 
 
@@ -159,8 +169,7 @@ class BatchNormModule:
 
     def __init__(self, n_neurons, eps=1e-5, momentum=0.1, dtype=np.float64):
         self.n_neurons, self.eps, self.momentum = n_neurons, eps, momentum
-        self.params = {'gamma': np.ones(n_neurons, dtype=dtype),
-                       'beta': np.zeros(n_neurons, dtype=dtype)}
+        self.params = {'gamma': np.ones(n_neurons, dtype), 'beta': np.zeros(n_neurons, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.running_mean = np.zeros(n_neurons, dtype=dtype)
         self.running_var = np.ones(n_neurons, dtype=dtype)
@@ -169,47 +178,52 @@ class BatchNormModule:
         self.used_batch_stats = True
 
     def forward(self, x):
-        """x: (B, D) -> (B, D). In training B must be at least 2 (one sample has no variance)."""
+        """x: (B, D) -> (B, D).  y = gamma (x - mu) / sqrt(var + eps) + beta
+        In training B must be at least 2 (one sample has no variance)."""
         if self.training:
             B = x.shape[0]
             if B < 2:
-                raise ValueError(f'Batch norm needs at least 2 samples per batch in training '
-                                 f'mode, got input of shape {x.shape}; set training = False '
-                                 f'to use the running statistics.')
-            mean = x.mean(axis=0)
-            x_hat = x - mean  # centred here, normalised in place below
-            # einsum sums the squares without a (B, D) array of them (several times faster).
-            var = np.einsum('bd,bd->d', x_hat, x_hat) / B
-            inv_std = 1 / np.sqrt(var + self.eps)
+                raise ValueError(f'Batch norm needs at least 2 samples per batch in training, '
+                                 f'got {x.shape}; set training = False for running statistics.')
+            mu = x.mean(axis=0)
+            x_mu = x - mu
+            # var = mean_b (x - mu)^2 (biased), one dot product per feature: no array of squares
+            var = np.einsum('bd,bd->d', x_mu, x_mu) / B
             m = self.momentum
-            self.running_mean *= 1 - m
-            self.running_mean += m * mean
-            self.running_var *= 1 - m
-            self.running_var += (m * B / (B - 1)) * var  # the unbiased variance
+            # [...]: checkpoints (train_convnet_numpy.model_arrays) hold these arrays
+            self.running_mean[...] = (1 - m) * self.running_mean + m * mu
+            self.running_var[...] = (1 - m) * self.running_var + m * var * B / (B - 1)
         else:
-            inv_std = 1 / np.sqrt(self.running_var + self.eps)
-            x_hat = x - self.running_mean
+            x_mu, var = x - self.running_mean, self.running_var
+        inv_std = 1 / np.sqrt(var + self.eps)
+        # x_hat = (x - mu) / sigma;  y = gamma x_hat + beta   (in place: see benchmark.py's
+        # batch-norm rows; tests/test_modules.py checks these lines against the formulas)
+        x_hat = x_mu
         x_hat *= inv_std
+        y = x_hat * self.params['gamma']
+        y += self.params['beta']
         # backward follows the statistics forward used, even if training changes in between.
         self.x_hat, self.inv_std, self.used_batch_stats = x_hat, inv_std, self.training
-        out = x_hat * self.params['gamma']
-        out += self.params['beta']
-        return out
+        return y
 
     def backward(self, dout):
-        """dout: (B, D) -> dx: (B, D); fills grads."""
-        x_hat, gamma = self.x_hat, self.params['gamma']
-        dbeta = np.sum(dout, axis=0, out=self.grads['beta'])
-        dgamma = np.einsum('bd,bd->d', dout, x_hat, out=self.grads['gamma'])
+        """dout: (B, D) -> dx: (B, D); fills grads.
+        dL/dbeta = sum_b dout,  dL/dgamma = sum_b dout x_hat,
+        dL/dx = gamma / (B sigma) (B dout - dL/dbeta - x_hat dL/dgamma)"""
+        x_hat, gamma, inv_std = self.x_hat, self.params['gamma'], self.inv_std
+        dbeta = dout.sum(axis=0)
+        dgamma = np.einsum('bd,bd->d', dout, x_hat)  # sum_b dout x_hat, with no (B, D) array
+        self.grads['beta'][...] = dbeta
+        self.grads['gamma'][...] = dgamma
         if not self.used_batch_stats:
-            return dout * (gamma * self.inv_std)
-        # dx = gamma / (B sigma) * (B dy - dbeta - x_hat dgamma), divided through by B so that
-        # it is built in one (B, D) array: gamma / sigma * (dy - (x_hat dgamma + dbeta) / B).
+            return gamma * inv_std * dout
         B = dout.shape[0]
+        # dx = gamma / (B sigma) (B dout - dbeta - x_hat dgamma)
+        #    = gamma / sigma (dout - (x_hat dgamma + dbeta) / B), built in one (B, D) array
         dx = x_hat * (dgamma / B)
         dx += dbeta / B
         np.subtract(dout, dx, out=dx)
-        dx *= gamma * self.inv_std
+        dx *= gamma * inv_std
         return dx
 
 
@@ -228,28 +242,25 @@ class DropoutModule:
     def __init__(self, p, rng=None):
         if not 0 <= p < 1:
             raise ValueError(f'Dropout probability p must be in [0, 1), got {p!r}.')
-        self.p = p
+        self.p = float(p)  # a Python float keeps float32 arrays float32
         self.rng = np.random.default_rng() if rng is None else rng
         self.training = True
         self.mask = None
 
     def forward(self, x):
+        """x: any shape -> the same shape.  y = x m / (1 - p), m ~ Bernoulli(1 - p)"""
         if not self.training or self.p == 0:
             self.mask = None
             return x
         # float32 uniforms are half the random bits of float64 ones, and p needs no more.
         self.mask = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        # Two passes over a boolean mask beat one over a float mask built from it.
-        out = x * self.mask
-        out *= 1 / (1 - self.p)
-        return out
+        return x * self.mask / (1 - self.p)
 
     def backward(self, dout):
+        """dout: the output's shape -> dx: the same.  dL/dx = dout m / (1 - p)"""
         if self.mask is None:
             return dout
-        dx = dout * self.mask
-        dx *= 1 / (1 - self.p)
-        return dx
+        return dout * self.mask / (1 - self.p)
 
 
 def torch_default_init(rng, shape, fan_in, dtype):
@@ -265,17 +276,24 @@ def windows(x_pad, k, stride):
     return sliding_window_view(x_pad, (k, k), axis=(1, 2))[:, ::stride, ::stride]
 
 
-def fold(d_windows, padded_shape, stride):
-    """The adjoint of windows() (col2im): d_windows (B, H', W', k, k, C), a gradient for every
-    pixel of every window -> (B, Hp, Wp, C), each added back at the pixel it was read from.
-    k x k strided adds, one per offset (u, v) in the window; overlapping windows sum."""
-    _, h_out, w_out, k, _, _ = d_windows.shape
-    dx_pad = np.zeros(padded_shape, dtype=d_windows.dtype)
+def offsets(k, stride, h_out, w_out):
+    """For each offset (u, v) in a k x k window: (u, v) and the index of the pixels at that
+    offset in all the windows, x_pad[:, s i + u, s j + v] for every (i, j), a strided slice."""
     for u in range(k):
         for v in range(k):
             rows = slice(u, u + stride * h_out, stride)
             cols = slice(v, v + stride * w_out, stride)
-            dx_pad[:, rows, cols] += d_windows[:, :, :, u, v]
+            yield (u, v), (slice(None), rows, cols)
+
+
+def fold(d_windows, padded_shape, stride):
+    """The adjoint of im2col's rows (col2im): d_windows (B, H', W', k, k, C), a gradient for
+    every pixel of every window -> (B, Hp, Wp, C), each added back at the pixel it was read
+    from. k x k strided adds, one per offset (u, v) in the window; overlapping windows sum."""
+    _, h_out, w_out, k, _, _ = d_windows.shape
+    dx_pad = np.zeros(padded_shape, dtype=d_windows.dtype)
+    for (u, v), pixels in offsets(k, stride, h_out, w_out):
+        dx_pad[pixels] += d_windows[:, :, :, u, v]
     return dx_pad
 
 
@@ -292,25 +310,18 @@ def unpad(x_pad, p):
 class Conv2dModule:
     """2-D convolution with a square kernel and zero padding, as torch.nn.Conv2d.
 
-    x: (B, C, H, W) -> y: (B, O, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike):
-
-        y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] x_pad[b, c, s i + u, s j + v]
-
-    computed as Linear on every window (im2col): the windows of x_pad unfolded into the rows
-    of cols (B H' W', k k C) and the weight flattened to W (O, k k C), y = cols W^T + b.
-    Backward is Linear's, then the window rows folded back onto the pixels (col2im):
-
-        dL/dW = (dL/dy)^T cols,   dL/db = sum_{b, i, j} dL/dy,   dL/dx = fold(dL/dy W)
+    x: (B, C, H, W) -> y: (B, O, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike),
+    by the module table's formulas: Linear on every window (im2col), the windows of x_pad
+    unfolded into the rows of cols (B H' W', k k C), the weight flattened to W (O, k k C).
 
     params['weight']: (O, C, k, k); params['bias']: (O,); both PyTorch's default
     initialisation, U(-1/sqrt(C k k), 1/sqrt(C k k)).
 
-    Layout: the arrays have torch's shapes, but what forward and backward return is
-    channels-last in memory (torch.channels_last: a transposed view of a (B, H, W, C) array),
-    and the weight and its gradient are views of (O, k, k, C) arrays. A window's row is then
-    k k contiguous runs of C numbers, and turning activations and weights into the matrices
-    of the products below is a free reshape, not a copy (benchmark.py's ConvNet rows). Any
-    other layout gives the same results, through copies.
+    Layout: the arrays have torch's shapes, but forward and backward return channels-last
+    arrays (torch.channels_last: transposed views of (B, H, W, C) ones), and the weight and its
+    gradient are views of (O, k, k, C) arrays. A window's row is then k k runs of C adjacent
+    numbers, and the matrices of the products are free reshapes, not copies (benchmark.py's
+    ConvNet rows); any other layout gives the same results, through copies.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
@@ -323,12 +334,12 @@ class Conv2dModule:
         weight = np.empty((out_channels, kernel_size, kernel_size, in_channels), dtype)
         weight = weight.transpose(0, 3, 1, 2)
         weight[...] = torch_default_init(rng, weight_shape, fan_in, dtype)
-        self.params = {'weight': weight,
-                       'bias': torch_default_init(rng, (out_channels,), fan_in, dtype)}
+        bias = torch_default_init(rng, (out_channels,), fan_in, dtype)
+        self.params = {'weight': weight, 'bias': bias}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}  # the same layouts
 
     def forward(self, x):
-        """x: (B, C, H, W) -> (B, O, H', W'), channels-last in memory."""
+        """x: (B, C, H, W) -> (B, O, H', W'), channels-last in memory.  y = cols W^T + b"""
         x_pad = pad(x.transpose(0, 2, 3, 1), self.padding)  # (B, Hp, Wp, C)
         win = windows(x_pad, self.k, self.stride)  # (B, H', W', C, k, k), a view
         B, h_out, w_out = win.shape[:3]
@@ -337,13 +348,14 @@ class Conv2dModule:
         weight = self.params['weight']  # (O, C, k, k) -> W (O, k k C), in the order of a row
         self.W = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)  # free: see Layout
         self.x_pad_shape = x_pad.shape
-        y = self.cols @ self.W.T  # (B H' W', O)
-        y += self.params['bias']
+        y = self.cols @ self.W.T + self.params['bias']  # (B H' W', O)
         return y.reshape(B, h_out, w_out, -1).transpose(0, 3, 1, 2)
 
     def backward(self, dout, input_grad=True):
-        """dout: (B, O, H', W') -> dx: (B, C, H, W); fills grads. input_grad=False skips dx
-        (returns None): the first layer's dx is not needed in training."""
+        """dout: (B, O, H', W') -> dx: (B, C, H, W); fills grads.
+        dL/dW = dy^T cols,  dL/db = sum_{b, i, j} dy,  dL/dx = fold(dy W)
+        input_grad=False skips dx (returns None): the first layer's dx is not needed in
+        training."""
         B, n_out, h_out, w_out = dout.shape
         dy = dout.transpose(0, 2, 3, 1).reshape(-1, n_out)  # (B H' W', O): free if channels-last
         dW = dy.T @ self.cols  # (O, k k C)
@@ -359,10 +371,7 @@ class Conv2dModule:
 class MaxPool2dModule:
     """Max-pooling over k x k windows, as torch.nn.MaxPool2d (no dilation, no ceil mode).
 
-    x: (B, C, H, W) -> y: (B, C, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike):
-
-        y[b, c, i, j] = max_{u, v} x_pad[b, c, s i + u, s j + v]
-
+    x: (B, C, H, W) -> y: (B, C, H', W'), H' = (H + 2 padding - k) // stride + 1 (W' alike),
     with x_pad padded by -inf, so that padding never wins a window. Backward routes each
     dL/dy[b, c, i, j] to the pixel that won its window (the first maximum in row-major order
     where there are ties, as torch) and nowhere else; where windows overlap (stride < k) a
@@ -372,51 +381,43 @@ class MaxPool2dModule:
 
     def __init__(self, kernel_size=3, stride=2, padding=1):
         if padding > kernel_size // 2:  # else a window could hold only padding
-            raise ValueError(f'padding must be at most half the kernel size, got padding '
-                             f'{padding} for kernel_size {kernel_size}.')
+            raise ValueError(f'padding {padding} is more than half of kernel_size {kernel_size}.')
         self.k, self.stride, self.padding = kernel_size, stride, padding
         self.training = True  # False: forward keeps no winners, and backward is not available
 
-    def offsets(self, h_out, w_out):
-        """(u k + v, the window pixels at offset (u, v) of every window) for each offset: the
-        strided slices x_pad[:, s i + u, s j + v] for all (i, j), as index tuples."""
-        s = self.stride
-        for u in range(self.k):
-            for v in range(self.k):
-                yield u * self.k + v, (slice(None), slice(u, u + s * h_out, s),
-                                       slice(v, v + s * w_out, s))
-
     def forward(self, x):
-        """x: (B, C, H, W) -> (B, C, H', W'), channels-last in memory."""
+        """x: (B, C, H, W) -> (B, C, H', W'), channels-last in memory.
+        y[b, c, i, j] = max_{u, v} x_pad[b, c, s i + u, s j + v]"""
         x_pad = pad(x.transpose(0, 2, 3, 1), self.padding, -np.inf)  # (B, Hp, Wp, C)
         h_out, w_out = windows(x_pad, self.k, self.stride).shape[1:3]
-        # y = windows(x_pad, k, s).max(axis=(-2, -1)), the winner its argmax: computed as a
-        # running maximum over the k k offsets, each a strided slice of x_pad, which copies
-        # no windows (benchmark.py's NumPy ConvNet rows; tests/test_convnet_numpy.py checks
-        # the two against each other).
+        # y = windows(x_pad, k, s).max(axis=(-2, -1)) and the winner its argmax, as a running
+        # maximum over the k k strided slices, which copies no window (benchmark.py --profile;
+        # tests/test_convnet_numpy.py checks the two agree)
         y = winner = None
-        for offset, pixels in self.offsets(h_out, w_out):
-            candidate = x_pad[pixels]
+        for (u, v), pixels in offsets(self.k, self.stride, h_out, w_out):
+            offset, candidate = u * self.k + v, x_pad[pixels]
             if y is None:
                 y = candidate.copy()
                 winner = np.zeros(y.shape, dtype=np.uint8) if self.training else None
                 continue
             if winner is not None:  # only backward needs the winners
                 rose = candidate > y  # strictly: on a tie the first maximum keeps it, as torch
-                # the offsets come in rising order: the winner is the last one where y rose
+                # winner[rose] = offset, as a maximum (the offsets rise, so the winner is the
+                # last one where y rose): a masked assignment runs far slower
                 np.maximum(winner, rose * np.uint8(offset), out=winner)
             np.maximum(y, candidate, out=y)
         self.winner, self.x_pad_shape = winner, x_pad.shape
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, dout):
-        """dout: (B, C, H', W') -> dx: (B, C, H, W), after a forward in training mode."""
+        """dout: (B, C, H', W') -> dx: (B, C, H, W), after a forward in training mode.
+        dL/dx at a pixel = the sum of dout over the windows it won"""
         if self.winner is None:
             raise RuntimeError('MaxPool2dModule.backward needs a forward in training mode.')
         dy = dout.transpose(0, 2, 3, 1)  # (B, H', W', C)
         dx_pad = np.zeros(self.x_pad_shape, dtype=dy.dtype)
-        for offset, pixels in self.offsets(*dy.shape[1:3]):  # fold() of the routed gradients
-            dx_pad[pixels] += dy * (self.winner == offset)
+        for (u, v), pixels in offsets(self.k, self.stride, *dy.shape[1:3]):  # as fold()
+            dx_pad[pixels] += dy * (self.winner == u * self.k + v)
         return unpad(dx_pad, self.padding).transpose(0, 3, 1, 2)
 
 
@@ -471,8 +472,11 @@ class Sequential:
 
     def parameters(self):
         """[(param, grad), ...] of every layer, for an optimizer (optimizers.py)."""
-        return [(layer.params[name], layer.grads[name])
-                for layer in self.layers if hasattr(layer, 'params') for name in layer.params]
+        pairs = []
+        for layer in self.layers:
+            for name in getattr(layer, 'params', {}):
+                pairs.append((layer.params[name], layer.grads[name]))
+        return pairs
 
     def train(self, mode=True):
         """Training mode (batch statistics, dropout on) or, with mode=False, evaluation."""
@@ -492,7 +496,6 @@ class Sequential:
         """dout: dL/d(output) -> dL/d(input); fills every layer's grads. input_grad=False
         returns None instead: training needs no dL/d(input), and the first layer (Linear or
         Conv2d) skips a third of its backward work."""
-        first, *rest = self.layers
-        for layer in reversed(rest):
+        for layer in reversed(self.layers[1:]):
             dout = layer.backward(dout)
-        return first.backward(dout, input_grad=input_grad)
+        return self.layers[0].backward(dout, input_grad=input_grad)

@@ -16,13 +16,6 @@ def _check(ok, message):
         raise ValueError(message)
 
 
-def _decayed_gradient(p, grad, wd, out):
-    """out = grad + wd p (L2 weight decay): grad itself stays as backward wrote it."""
-    np.multiply(p, wd, out=out)
-    out += grad
-    return out
-
-
 def _decays(pairs, weight_decay, decay_1d):
     """The weight decay of each parameter: decay_1d=False spares the 1-D ones (biases, batch
     norm's gamma and beta), as the parameter groups of train_convnet_pytorch.py do."""
@@ -38,8 +31,12 @@ def _copy_of(array, like):
 
 
 class SGD:
-    """torch.optim.SGD, dampening 0: g = grad + wd p;  b = g at first, then b = mu b + g;
-    p -= lr b, or with Nesterov p -= lr (g + mu b)."""
+    """torch.optim.SGD with dampening 0. With g = grad + wd p (L2 weight decay):
+
+        b = g at the first step, then b = mu b + g      (the momentum buffer)
+        d = b, or with Nesterov d = g + mu b            (d = g without momentum)
+        p -= lr d
+    """
 
     def __init__(self, pairs, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  decay_1d=True):
@@ -50,29 +47,21 @@ class SGD:
         self.pairs, self.lr, self.momentum = list(pairs), float(lr), float(momentum)
         self.nesterov, self.weight_decay = nesterov, float(weight_decay)
         self.decays = _decays(self.pairs, weight_decay, decay_1d)
-        self.buffers = [None] * len(self.pairs)  # momentum buffers, made on first use
-        self.scratch = [np.empty_like(p) for p, _ in self.pairs]  # allocated once
-        self.decayed = [np.empty_like(p) for p, _ in self.pairs] if weight_decay else None
+        self.buffers = [None] * len(self.pairs)  # momentum buffers b, made at the first step
 
     def step(self):
         mu = self.momentum
-        for i, (p, grad) in enumerate(self.pairs):
-            wd = self.decays[i]
-            d = g = _decayed_gradient(p, grad, wd, self.decayed[i]) if wd else grad
-            tmp = self.scratch[i]
-            if mu:  # torch checks at each step: OneCycleLR may set a momentum later
+        for i, ((p, grad), wd) in enumerate(zip(self.pairs, self.decays)):
+            g = grad + wd * p if wd else grad
+            d = g
+            if mu:  # read at every step: OneCycleLR may set a momentum later
                 b = self.buffers[i]
-                if b is None:  # torch starts the buffer at the first gradient, not at 0
-                    b = self.buffers[i] = g.astype(p.dtype)
-                else:  # b = mu b + g
-                    b *= mu
-                    b += g
-                d = b
-                if self.nesterov:  # d = g + mu b
-                    d = np.multiply(b, mu, out=tmp)
-                    d += g
-            np.multiply(d, self.lr, out=tmp)  # p -= lr d
-            p -= tmp
+                # torch starts the buffer at the first gradient (a copy: backward refills
+                # grad), not at 0
+                b = g.copy() if b is None else mu * b + g
+                self.buffers[i] = b
+                d = g + mu * b if self.nesterov else b
+            p -= self.lr * d
 
     def state_dict(self):
         """What step() goes on from, as arrays and plain values (for checkpoints)."""
@@ -87,10 +76,16 @@ class SGD:
 
 
 class Adam:
-    """torch.optim.Adam (amsgrad off), L2 weight decay g = grad + wd p; at step t
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), m and v as below."""
+    """torch.optim.Adam (amsgrad off). With g = grad + wd p (L2 weight decay), at step t:
 
-    decoupled = False
+        m = b1 m + (1 - b1) g             (first moment)
+        v = b2 v + (1 - b2) g^2           (second moment)
+        m_hat = m / (1 - b1^t)            (bias corrections: m and v start at 0)
+        v_hat = v / (1 - b2^t)
+        p -= lr m_hat / (sqrt(v_hat) + eps)
+    """
+
+    decoupled = False  # True in AdamW: p *= 1 - lr wd instead of g = grad + wd p
 
     def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decay_1d=True):
@@ -98,55 +93,58 @@ class Adam:
         _check(all(0 <= b < 1 for b in betas), f'betas must lie in [0, 1), got {betas}.')
         _check(eps >= 0, f'eps must be non-negative, got {eps}.')
         _check(weight_decay >= 0, f'weight_decay must be non-negative, got {weight_decay}.')
-        self.lr, self.betas = float(lr), tuple(map(float, betas))
+        self.pairs, self.lr, self.betas = list(pairs), float(lr), tuple(map(float, betas))
         self.eps, self.weight_decay, self.t = float(eps), float(weight_decay), 0
-        # Per parameter: param, grad, first moment m, second moment v, scratch, and for L2
-        # decay a buffer for grad + wd p (grad itself stays as backward wrote it).
-        pairs = list(pairs)
-        l2 = weight_decay and not self.decoupled
-        self.decays = _decays(pairs, weight_decay, decay_1d)
-        self.state = [(p, grad, np.zeros_like(p), np.zeros_like(p), np.empty_like(p),
-                       np.empty_like(p) if l2 else None) for p, grad in pairs]
+        self.decays = _decays(self.pairs, weight_decay, decay_1d)
+        self.m = [np.zeros_like(p) for p, _ in self.pairs]
+        self.v = [np.zeros_like(p) for p, _ in self.pairs]
+        self.tmp = [np.empty_like(p) for p, _ in self.pairs]  # one scratch array each
 
     def step(self):
+        """The docstring's update, each line in place through one scratch array: new arrays
+        of the size of the parameters would be allocated a dozen times a step (benchmark.py's
+        AdamW and ConvNet rows; tests/test_optimizers.py checks it against the formulas)."""
         self.t += 1
-        b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.t)  # lr / bias correction 1
-        bc2_sqrt = (1 - b2 ** self.t) ** 0.5  # sqrt(bias correction 2)
-        for (p, g, m, v, tmp, decayed), wd in zip(self.state, self.decays):
-            if wd and self.decoupled:  # AdamW: p *= 1 - lr wd
-                p *= 1 - self.lr * wd
-            elif wd:  # Adam: g = grad + wd p
-                g = _decayed_gradient(p, g, wd, decayed)
-            np.subtract(g, m, out=tmp)  # m = b1 m + (1-b1) g, as torch: m += (1-b1)(g - m)
-            tmp *= 1 - b1
+        t, lr, eps, (b1, b2) = self.t, self.lr, self.eps, self.betas
+        for i, ((p, grad), wd) in enumerate(zip(self.pairs, self.decays)):
+            m, v, tmp, g = self.m[i], self.v[i], self.tmp[i], grad
+            if wd and self.decoupled:
+                p *= 1 - lr * wd  # AdamW: the weights decay, not through the gradient
+            elif wd:
+                g = grad + wd * p
+            # m = b1 m + (1 - b1) g
+            m *= b1
+            np.multiply(g, 1 - b1, out=tmp)
             m += tmp
-            np.multiply(g, g, out=tmp)  # v = b2 v + (1-b2) g^2
-            tmp *= 1 - b2
+            # v = b2 v + (1 - b2) g^2
             v *= b2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - b2
             v += tmp
-            # p -= step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps), with step_size moved into
-            # the denominator (as torch's capturable Adam does) to save a pass
-            denom = np.sqrt(v, out=tmp)
-            denom /= bc2_sqrt * step_size
-            denom += self.eps / step_size
-            p -= np.divide(m, denom, out=tmp)
+            # p -= lr m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
+            np.divide(v, 1 - b2**t, out=tmp)
+            np.sqrt(tmp, out=tmp)
+            tmp += eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= lr / (1 - b1**t)
+            p -= tmp
 
     def state_dict(self):
         """What step() goes on from, as arrays and plain values (for checkpoints)."""
-        moments = {f'{name}/{i}': a for i, (_, _, m, v, _, _) in enumerate(self.state)
-                   for name, a in (('m', m), ('v', v))}
+        moments = {f'{name}/{i}': a for name, arrays in (('m', self.m), ('v', self.v))
+                   for i, a in enumerate(arrays)}
         return {'lr': self.lr, 'betas': list(self.betas), 't': self.t, **moments}
 
     def load_state_dict(self, state):
         self.lr, self.betas, self.t = state['lr'], tuple(state['betas']), state['t']
-        for i, (p, _, m, v, _, _) in enumerate(self.state):
-            m[...] = _copy_of(state[f'm/{i}'], p)
-            v[...] = _copy_of(state[f'v/{i}'], p)
+        for i, (p, _) in enumerate(self.pairs):
+            self.m[i][...] = _copy_of(state[f'm/{i}'], p)
+            self.v[i][...] = _copy_of(state[f'v/{i}'], p)
 
 
 class AdamW(Adam):
-    """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr wd before the Adam step."""
+    """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr wd, then the Adam step with
+    g = grad."""
 
     decoupled = True
 

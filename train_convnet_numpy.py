@@ -137,16 +137,21 @@ def load_model(arrays, model):
         array[...] = arrays[name]
 
 
-def load_checkpoint(state, model, optimizer, schedule, train_set):
-    """Puts a read_checkpoint() state back into the model, optimizer, schedule and batches."""
-    record, arrays = state['record'], state['arrays']
-    load_model(arrays, model)
-    prefix = 'optimizer/'
-    optimizer.load_state_dict({**record['optimizer'], **{
-        k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}})
-    if schedule is not None:
-        schedule.load_state_dict(record['schedule'])
-    train_set.load_state_dict(record['train_set'])
+def load_checkpoint(path, state, model, optimizer, schedule, train_set):
+    """Puts a read_checkpoint() state back into the model, optimizer, schedule and batch
+    order; ValueError when it does not fit them."""
+    record, arrays, prefix = state['record'], state['arrays'], 'optimizer/'
+    optimizer_arrays = {k.removeprefix(prefix): v for k, v in arrays.items()
+                        if k.startswith(prefix)}
+    try:
+        load_model(arrays, model)
+        optimizer.load_state_dict({**record['optimizer'], **optimizer_arrays})
+        if schedule is not None:
+            schedule.load_state_dict(record['schedule'])
+        train_set.load_state_dict(record['train_set'])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f'{path} does not hold the states of this run (model, optimizer, '
+                         'schedule, batch order).') from None
 
 
 def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
@@ -159,10 +164,6 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     with; out_dir defaults to its folder."""
     flags = dict(locals())  # every argument, as metrics.json records them
     check_arguments(build_parser(), flags)
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
-    if lr_schedule not in ('constant', 'onecycle'):
-        raise ValueError(f'lr_schedule must be one of constant, onecycle, got {lr_schedule!r}.')
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
@@ -183,11 +184,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     train_set, eval_set = data['train'], data[split]
     loss_module = CrossEntropyModule()
     if state is not None:  # one run, one metrics.json, across interruptions
-        try:
-            load_checkpoint(state, model, opt, schedule, train_set)
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f'{resume} does not hold the states of this run (model, '
-                             'optimizer, schedule, batch order).') from None
+        load_checkpoint(resume, state, model, opt, schedule, train_set)
         continue_run(run, state['record']['metrics'], resume, start - 1, 'best.npz')
 
     # A diverging run overflows on its way to a NaN loss, which the run reports.

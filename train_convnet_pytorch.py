@@ -79,7 +79,7 @@ def autocast_dtype(device, amp):
 def make_optimizer(name, model, learning_rate, weight_decay=0.0):
     """Adam, or SGD with Nesterov momentum 0.9. Weight decay spares the biases and batch norm's
     scale and shift: batch norm undoes any shrinking of the weights before it, so decaying those
-    only fights it. fused: one pass over all parameters, Adam's update on the CPU 5 times faster."""
+    only fights it. fused: one pass over all parameters instead of a loop over the tensors."""
     params = [{'params': [p for p in model.parameters() if p.ndim > 1]},
               {'params': [p for p in model.parameters() if p.ndim <= 1], 'weight_decay': 0.0}]
     if name == 'SGD':
@@ -113,7 +113,8 @@ def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, fli
     """Mean loss and accuracy over a whole split in eval mode, batch_size images at a time to
     bound memory. It runs a copy of the model with each batch norm (an affine map in eval mode)
     folded into the convolution before it, in the channels_last layout the CPU's convolutions
-    prefer: one pass over the activations instead of two, 1.2 times the images per second.
+    prefer: one pass over the activations instead of two (benchmark.py's ConvNet evaluation
+    rows).
 
     images: float32 array (N, 3, 32, 32); labels: int64 array (N,). flip: average the logits
     of each image and of its mirror image (test-time augmentation; twice the work)."""
@@ -162,6 +163,23 @@ def save_checkpoint(path, step, flags, run, model, optimizer, schedule, scaler, 
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def load_checkpoint(path, state, model, optimizer, schedule, scaler, train_set):
+    """Puts a read_checkpoint() state back into the model, optimizer, schedule, loss scaler,
+    batch order and torch's random numbers; ValueError when it does not fit them."""
+    try:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        if schedule is not None:
+            schedule.load_state_dict(state['scheduler'])
+        if scaler is not None and state['scaler'] is not None:
+            scaler.load_state_dict(state['scaler'])
+        train_set.load_state_dict(state['rng']['train_set'])
+        torch.set_rng_state(state['rng']['torch'])
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise ValueError(f'{path} does not hold the states of this run (model, optimizer, '
+                         'schedule, batch order).') from None
+
+
 def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
           batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT, optimizer=OPTIMIZER_DEFAULT,
           data_dir=None, seed=42, out_dir=None, weight_decay=0.0, lr_schedule='constant',
@@ -173,10 +191,6 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     with; out_dir defaults to its folder. preset only records where the flags came from."""
     flags = dict(locals())  # every argument, as metrics.json records them
     check_arguments(build_parser(), flags)
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}.')
-    if lr_schedule not in ('constant', 'onecycle'):
-        raise ValueError(f'lr_schedule must be one of constant, onecycle, got {lr_schedule!r}.')
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
@@ -203,18 +217,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     evaluate_on = partial(evaluate, model, device=dev, amp_dtype=amp_dtype, flip=flip_test)
 
     if state is not None:  # one run, one metrics.json, across interruptions
-        try:
-            model.load_state_dict(state['model'])
-            opt.load_state_dict(state['optimizer'])
-            if schedule is not None:
-                schedule.load_state_dict(state['scheduler'])
-            if scaler is not None and state['scaler'] is not None:
-                scaler.load_state_dict(state['scaler'])
-            train_set.load_state_dict(state['rng']['train_set'])
-            torch.set_rng_state(state['rng']['torch'])
-        except (KeyError, TypeError, ValueError, RuntimeError):
-            raise ValueError(f'{resume} does not hold the states of this run (model, '
-                             'optimizer, schedule, batch order).') from None
+        load_checkpoint(resume, state, model, opt, schedule, scaler, train_set)
         continue_run(run, state['metrics'], resume, start - 1, 'best.pt')
 
     with run:

@@ -72,12 +72,7 @@ def train_step(model, loss_module, optimizer, x, y):
     """
     probs = model.forward(x)
     loss = loss_module.forward(probs, y)
-    dlogits = model.layers[-1].backward(loss_module.backward(probs, y))  # through the softmax
-    # Where a target's probability underflowed (below the smallest normal float) that chain
-    # gives 0 or worse; there the two backward passes in one, (probs - y) / B, are exact.
-    lost = np.sum(probs * y, axis=1) < np.finfo(probs.dtype).tiny
-    dlogits[lost] = (probs[lost] - y[lost]) / len(y)
-    model.backward_from_logits(dlogits, input_grad=False)  # dL/dx is not needed
+    model.backward(loss_module.backward(probs, y), input_grad=False)  # dL/dx is not needed
     optimizer.step()
     return loss
 
@@ -112,7 +107,7 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     flags['dnn_hidden_units'] = dnn_hidden_units = hidden_layers(dnn_hidden_units)
     sizes = [3 * 32 * 32, *dnn_hidden_units, cifar10_utils.N_CLASSES]
     weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
-    # the weights, their gradients, two optimizer moments and a scratch array, in float32
+    # the weights, their gradients, two optimizer moments and the update's temporaries, float32
     check_memory(5 * weights, f'--dnn_hidden_units {",".join(map(str, sizes[1:-1]))}')
 
     split = 'validation' if validation_size else 'test'  # what the evaluations use

@@ -104,3 +104,21 @@ def _isolated_environment(monkeypatch):
     """No test reaches the internet: downloads go to a CIFAR10_URL the test sets."""
     monkeypatch.setenv('CIFAR10_URL', 'http://127.0.0.1:9/unreachable.tar.gz')
     monkeypatch.delenv('CIFAR10_MD5', raising=False)
+
+
+@pytest.fixture
+def small_convnets(small_convnet, small_numpy_convnet):
+    """Both ConvNet scripts build Table 1 at 1/16 of its width."""
+
+
+def small_run(fake_cifar, out_dir, *extra):
+    """A train script's flags for a 3-step run on the fake CIFAR-10, into out_dir."""
+    return ['--max_steps', '3', '--batch_size', '10', '--eval_freq', '2', '--data_dir',
+            fake_cifar, '--out_dir', str(out_dir), *extra]
+
+
+def one_error(capsys):
+    """The last line of stderr, asserting there is no traceback."""
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err, err
+    return err.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, find_real_cifar
+from conftest import ROOT, find_real_cifar, small_run
 
 import train_convnet_pytorch
 import train_mlp_numpy
@@ -20,11 +20,6 @@ from train_utils import Run, check_finite
 
 SCRIPTS = [train_mlp_numpy, train_mlp_pytorch, train_convnet_pytorch]
 SCRIPT_IDS = ['numpy', 'pytorch', 'convnet']
-
-
-def small_run(fake_cifar, out_dir, *extra):
-    return ['--max_steps', '3', '--batch_size', '10', '--eval_freq', '2', '--data_dir',
-            fake_cifar, '--out_dir', str(out_dir), *extra]
 
 
 def last_error(capsys):

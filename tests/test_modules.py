@@ -191,3 +191,28 @@ def test_dropout_float32():
 def test_dropout_rejects_p_outside_0_1(p):
     with pytest.raises(ValueError, match=r'p must be in \[0, 1\)'):
         DropoutModule(p)
+
+
+def test_batchnorm_in_place_lines_are_its_formulas():
+    """BatchNormModule computes in place; its output and gradients are the docstring's
+    formulas, written out here as they stand, in float64, in training and in evaluation."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(2.0, 3.0, (2, 7, 5))
+    bn = BatchNormModule(5)
+    bn.params['gamma'][...], bn.params['beta'][...] = rng.standard_normal((2, 5))
+    gamma, beta, B = bn.params['gamma'], bn.params['beta'], len(x)
+    for training in (True, False):
+        bn.training = training
+        mu, var = (x.mean(0), x.var(0)) if training else (bn.running_mean, bn.running_var)
+        mu, var = mu.copy(), var.copy()  # the running statistics move in training
+        y = bn.forward(x)
+        sigma = np.sqrt(var + bn.eps)
+        x_hat = (x - mu) / sigma
+        np.testing.assert_allclose(y, gamma * x_hat + beta, rtol=1e-13, atol=1e-13)
+        dx = bn.backward(dy)
+        np.testing.assert_allclose(bn.grads['beta'], dy.sum(0), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(bn.grads['gamma'], (dy * x_hat).sum(0), rtol=1e-13,
+                                   atol=1e-13)
+        expected = (gamma / (B * sigma) * (B * dy - dy.sum(0) - x_hat * (dy * x_hat).sum(0))
+                    if training else gamma / sigma * dy)
+        np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-13)

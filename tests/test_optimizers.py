@@ -181,3 +181,25 @@ def one_cycle(**kwargs):
 def test_bad_arguments_raise_value_error(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize('decoupled', [False, True], ids=['Adam', 'AdamW'])
+def test_adam_step_is_its_docstring_formula(decoupled):
+    """Adam.step runs in place through a scratch array; its result is the textbook update,
+    m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr m_hat / (sqrt(v_hat) + eps),
+    computed here line by line over 5 steps in float64."""
+    rng = np.random.default_rng(0)
+    p, grad = rng.standard_normal((2, 3, 4))
+    adam = (optimizers.AdamW if decoupled else optimizers.Adam)(
+        [(p, grad)], lr=0.1, weight_decay=0.01)
+    q, m, v, (b1, b2), eps, lr, wd = p.copy(), 0.0, 0.0, adam.betas, adam.eps, 0.1, 0.01
+    for t in range(1, 6):
+        grad[...] = rng.standard_normal(grad.shape)
+        adam.step()
+        g = grad if decoupled else grad + wd * q
+        q = q * (1 - lr * wd) if decoupled else q
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        q = q - lr * m_hat / (np.sqrt(v_hat) + eps)
+        np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)

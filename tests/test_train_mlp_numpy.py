@@ -11,7 +11,7 @@ from conftest import ROOT
 import optimizers
 import train_mlp_numpy
 from mlp_numpy import MLP
-from modules import CrossEntropyModule
+from modules import CrossEntropyModule, SoftMaxModule
 
 SCHEMA = {'script', 'out_dir', 'command', 'flags', 'status', 'steps', 'train_loss',
           'eval_steps', 'test_loss', 'test_accuracy', 'final_test_accuracy',
@@ -181,3 +181,17 @@ def test_train_step_where_a_probability_underflows():
     dlogits = (probs - y) / len(x)
     np.testing.assert_allclose(linear.grads['weight'], dlogits.T @ x, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(linear.grads['bias'], dlogits.sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_chain_stays_exact_where_smoothed_targets_meet_an_underflow():
+    """Label smoothing gives every class some target mass, so a probability that underflows
+    still carries a gradient: softmax then cross-entropy give (y - t) / B there too, where an
+    unfloored softmax (y = 0) would give 0 for the two classes far below the first."""
+    x = np.array([[100.0, 0.0, -100.0]], dtype=np.float32)
+    t = np.full((1, 3), 0.1 / 3, dtype=np.float32)
+    t[0, 0] += 0.9
+    softmax = SoftMaxModule()
+    y = softmax.forward(x)
+    dx = softmax.backward(CrossEntropyModule().backward(y, t))
+    z = np.exp(x.astype(np.float64) - 100.0)
+    np.testing.assert_allclose(dx, z / z.sum() - t, rtol=1e-5, atol=1e-7)
