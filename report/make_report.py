@@ -5,7 +5,9 @@ Unchanged runs give byte-identical files. A run's curves are train_utils.plot_cu
 grid's table and heatmap gridsearch.py's; only the comparison of all runs is drawn here. Exit
 status: 0 done (also without LaTeX), 1 a run is missing or a rerun or LaTeX failed, 2 runs.json
 or a flag is wrong."""
-import csv
+import contextlib
+import importlib
+import io
 import json
 import os
 import shlex
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tabulate import tabulate
 
 REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
+
+from report_tables import ReportError, run_row, status_note, write, write_tables  # noqa: E402
 
 from command_line import ArgumentParser  # noqa: E402
 from train_utils import plot_curves  # noqa: E402
@@ -35,23 +38,15 @@ SHAPES = {'metrics.json': {**dict.fromkeys(SERIES, list), 'flags': dict, 'status
                            'final_test_accuracy': OR_NULL, 'best_test_accuracy': OR_NULL},
           'best.json': {'best_params': dict, 'best_cv_score': NUMBER, 'cv': int, 'n_train': int,
                         'max_epochs': int, 'test_accuracy': OR_NULL, 'command': list}}
-# No dates or versions in the figures: unchanged runs give byte-identical files.
-METADATA = {'pdf': {'CreationDate': None, 'Producer': None, 'Creator': None},
-            'png': {'Software': None}}
 # The comparison is drawn at report.tex's text width (6.3 in): 8-9 pt here is 8-9 pt on paper.
 STYLE = {'font.size': 9, 'axes.titlesize': 9, 'xtick.labelsize': 8, 'ytick.labelsize': 8,
          'axes.spines.top': False, 'axes.spines.right': False}
-TEX_SPECIAL = str.maketrans({'\\': r'\textbackslash{}', '~': r'\textasciitilde{}',
-                             '^': r'\textasciicircum{}', **{c: '\\' + c for c in '&%$#_{}'}})
+# The scripts --rerun may run: a recorded command names one of them, or is refused.
+SCRIPTS = ('train_mlp_numpy.py', 'train_mlp_pytorch.py', 'train_convnet_numpy.py',
+           'train_convnet_pytorch.py', 'gridsearch.py')
 # folders: every folder once
-Config = namedtuple('Config', 'runs grid modifications seeds convnet changes folders')
-
-
-class ReportError(Exception):
-    """Something a user can fix; the message says what. exit_code: the process's status."""
-    def __init__(self, message, exit_code=1):
-        super().__init__(message)
-        self.exit_code = exit_code
+Config = namedtuple('Config', 'runs grid modifications seeds convnet changes numpy_convnet '
+                               'folders')
 
 
 @dataclass
@@ -163,15 +158,41 @@ def load_config(runs_path):
             raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run folders.', 2)
         seeds.append((str(entry.get('label', i)),
                       [shared(folder({'path': path}, f'seeds[{i}]')) for path in paths]))
-    if unknown := [n for n in raw.get('convnet_ladder', []) if n not in runs]:
-        raise ReportError(f'{runs_path}: convnet_ladder names {unknown[0]!r}, which is not '
-                          'one of "runs".', 2)
+    for key in ('convnet_ladder', 'numpy_convnet'):
+        if unknown := [n for n in raw.get(key, []) if n not in runs]:
+            raise ReportError(f'{runs_path}: {key} names {unknown[0]!r}, which is not one of '
+                              '"runs".', 2)
     changes = [folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
                for i, entry in enumerate(raw.get('convnet_changes', []))]
     changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
     convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
-    return Config(runs, grid, modifications, seeds, convnet, changes, [*folders.values(), grid])
+    numpy_convnet = [runs[n] for n in raw.get('numpy_convnet', [])]
+    return Config(runs, grid, modifications, seeds, convnet, changes, numpy_convnet,
+                  [*folders.values(), grid])
+
+
+def safe_command(run):
+    """The command that reruns a folder, rebuilt from what it recorded, never run as it
+    stands: one of this project's scripts, by this interpreter, with flags that script's
+    parser accepts, and --overwrite (the rerun replaces the folder's files). ReportError
+    otherwise: a shared run folder could hold any command."""
+    command = run.rerun_command()
+    if not command:
+        raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
+    if not (len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in SCRIPTS):
+        raise ReportError(f'--rerun: {run.name} records the command {shlex.join(command)!r}, '
+                          f'which is not python running one of {", ".join(SCRIPTS)}; it was not '
+                          'run.')
+    script, flags = command[1], command[2:]
+    parser = importlib.import_module(script.removesuffix('.py')).build_parser()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's own message: ours below
+            parser.parse_args(flags)
+    except SystemExit:
+        raise ReportError(f'--rerun: {run.name} records flags that {script} does not accept '
+                          f'({shlex.join(flags)}); it was not run.') from None
+    return [sys.executable, os.path.join(ROOT, script), *flags, '--overwrite']
 
 
 def rerun(config, names):
@@ -182,183 +203,10 @@ def rerun(config, names):
                           f'{", ".join(run.name for run in config.folders)}.', 2)
     for name, run in targets.items():
         run.load()
-        command = run.rerun_command()
-        if not command:
-            raise ReportError(f'--rerun: no command known for {name}; give it one in runs.json.')
-        if os.path.basename(command[0]) in ('python', 'python3'):
-            command = [sys.executable, *command[1:]]  # the interpreter running this script
+        command = safe_command(run)
         print(f'make_report: rerunning {name}: {shlex.join(command)}', flush=True)
         if (status := subprocess.run(command, cwd=ROOT).returncode) != 0:
             raise ReportError(f'rerun of {name} failed (exit {status}): {shlex.join(command)}')
-
-
-def tex(text, tt=False):
-    """Plain text -> LaTeX (-- kept apart, not an en dash); tt: \\texttt, breaking after / and _."""
-    text = str(text).translate(TEX_SPECIAL).replace('--', '-{}-').replace('--', '-{}-')
-    return r'\texttt{' + text.replace('/', r'/\allowbreak{}').replace(
-        '\\_', r'\_\allowbreak{}') + '}' if tt else text
-
-
-def status_note(m):
-    """'' for a completed run, else what happened, e.g. 'interrupted at step 2500 of 5000'."""
-    status, max_steps = m['status'], m['flags'].get('max_steps')
-    of = f' of {max_steps}' if max_steps and status != 'diverged' else ''
-    return '' if status == 'completed' else f'{status} at step {(m["steps"] or [0])[-1]}{of}'
-
-
-def run_row(run):
-    """[final, best, steps, time, device] of one run, as text. best: best.pt's test accuracy where
-    a validation split chose it, else '--' (the best of test evaluations was chosen on the test)."""
-    if run.missing:
-        return ['missing', '--', '--', '--', '--']
-    m, s, status = run.data, run.data['wall_seconds'], run.data['status']
-    steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
-    time = run.time or ('--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100
-                        else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
-    return [*('--' if v is None else f'{v:.3f}'
-              for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))),
-            steps, time, m.get('device') or 'cpu']
-
-
-def losses(m):
-    """{name: text} of a run's losses: the training loss at the first step and over the last
-    tenth of the steps, the evaluation loss at its lowest and at the end."""
-    train, evals = m['train_loss'], m[f'{m.get("eval_split", "test")}_loss']
-    tail = train[-max(1, len(train) // 10):]
-    return {'firstloss': f'{train[0]:.1f}' if train else '--',
-            'trainloss': f'{np.mean(tail):.2f}' if train else '--',
-            'minevalloss': f'{min(evals):.2f}' if evals else '--',
-            'evalloss': f'{evals[-1]:.2f}' if evals else '--'}
-
-
-def summary(run):
-    """A sentence or two on a run, or the grid, for the captions and the text."""
-    m = run.data
-    if run.missing:  # Appendix A gives the command that produces it
-        return r'\textbf{Run missing} (' + tex(run.problem) + ').'
-    if run.record == 'best.json':
-        params = ', '.join(f'{k}={v}' for k, v in m['best_params'].items())
-        refit = '' if m['test_accuracy'] is None else (
-            f'; test accuracy after refitting on the whole training set {m["test_accuracy"]:.3f}')
-        return (f'{m["cv"]}-fold cross-validation on {m["n_train"]} training images, '
-                f'{m["max_epochs"]} epochs per fit; best setting {tex(params, tt=True)}; its '
-                f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.')
-    final, best, _, time, device = run_row(run)
-    time = f', {time} on {tex(device)}' if m['wall_seconds'] is not None else ''
-    note = status_note(m) and r' \textbf{Run ' + tex(status_note(m)) + '.}'
-    best = '' if best == '--' else f' (best.pt, chosen on validation: {best})'
-    return f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final}{best}{time}.{note}'
-
-
-def write_tables(config, out):
-    """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
-    modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
-    def table(name, colspec, head, rows):  # NAME.tex, booktabs; head in LaTeX, rows plain text
-        write(f'{out}/{name}.tex', '\n'.join([
-            f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head) + r' \\',
-            r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows), r'\bottomrule',
-            r'\end{tabular}']) + '\n')
-
-    def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
-        return ' '.join(f'no --{k}' if v is None or v is False else f'--{k}' if v is True else
-                        f'--{k} ' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
-                        for k, v in flags.items() if base.get(k) != v
-                        and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
-                        and not (k not in base and v in (None, False, 0))) or '(none)'
-
-    os.makedirs(out, exist_ok=True)
-    define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
-    values = []  # every folder's, named as in runs.json or by its path under report/runs/
-    for r in config.folders[:-1]:
-        values += [(r.name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
-                   *((r.name, k, v) for k, v in ({} if r.missing else losses(r.data)).items())]
-    if not config.grid.missing:  # the best setting's CV score, its spread, the refit's test
-        m = config.grid.data
-        values += [('gridsearch', k, '--' if v is None else f'{v:.3f}') for k, v in (
-            ('cv', m['best_cv_score']), ('cvstd', m.get('best_cv_std')),
-            ('refit', m['test_accuracy']))]
-    if os.path.isfile(config.grid.file('cv_results.csv')):  # settings at chance (0.10)
-        with open(config.grid.file('cv_results.csv')) as f:
-            scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
-        values.append(('gridsearch', 'chance', f'{sum(x < 0.11 for x in scores)} of {len(scores)}'))
-    write(f'{out}/runs.tex', '\n'.join([
-        '% Generated by report/make_report.py from the runs in runs.json; do not edit.',
-        *(define(*v) for v in values),
-        *(define(r.name, 'summary', summary(r)) for r in [*config.runs.values(), config.grid])])
-          + '\n')
-
-    runs, head = config.runs.values(), ['final test accuracy', 'best.pt test accuracy', 'steps']
-    short = ['final acc.', 'best.pt', 'steps', 'time']  # the LaTeX tables' narrower head
-    table('results', 'lrrrrl', ['model', *short, 'device'], [[r.label, *run_row(r)] for r in runs])
-    write(f'{out}/results.md', tabulate(
-        [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
-        ['model', 'command', *head, 'time', 'device'], 'github', disable_numparse=True) + '\n')
-
-    base = config.modifications[0][1] if config.modifications else None
-    rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
-             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3:2]]
-            for i, (label, run, _) in enumerate(config.modifications)]
-    # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
-    table('modifications', r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
-          r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
-          ['modification', r'\normalfont flags changed', *short[:3:2]], rows)
-    write(f'{out}/modifications.md', tabulate(
-        [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
-        ['modification', 'flags changed', *head[::2]], 'github', disable_numparse=True) + '\n')
-
-    # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
-    table('numpy_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
-          ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
-          [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
-           for label, run, twins in config.modifications if 'numpy' in twins])
-    # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
-    table('validation_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
-          ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
-          [[twin.label.removeprefix('validation: '), *(
-              'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
-              for k in ('final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
-           for _, run, twins in config.modifications if 'validation' in twins
-           for twin in [twins['validation']] for m in [twin.data]])
-
-    # Table 1's network from the course's defaults to --preset fast, one row a run.
-    table('fast', '@{}lrrrr@{}', ['run', *short],
-          [[run.label, *run_row(run)[:4]] for run in config.convnet])
-    # And one change a row, each run judged on its validation split and tested once.
-    table('changes', '@{}lrrrr@{}', ['change', 'validation', 'test, once', 'steps', 'time'], [
-        [label, '--' if run.missing or 'final_validation_accuracy' not in run.data else
-         f'{run.data["final_validation_accuracy"]:.3f}', *(run_row(run)[i] for i in (0, 2, 3))]
-        for label, run in config.changes])
-
-    # The spread over seeds: mean and sample standard deviation of the final test accuracy.
-    rows = []
-    for label, group in config.seeds:
-        values = [run.data['final_test_accuracy'] for run in group
-                  if not run.missing and run.data['final_test_accuracy'] is not None]
-        rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
-                     if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
-    table('seeds', '@{}lrl@{}', ['runs', 'final test accuracy', 'each seed'], rows)
-
-    write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
-        r'\begin{description}\setlength\itemsep{2pt}',
-        *(f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
-          + tex(shlex.join(run.rerun_command() or ['unknown']), tt=True) for run in config.folders),
-        r'\end{description}']) + '\n')
-    # gridsearch.py's results.tex is a whole table, caption and label included.
-    write(f'{out}/gridsearch.tex', Path(config.grid.file('results.tex')) if not config.grid.missing
-          else '\\begin{table}[tb]\\centering\\emph{Grid search missing.}\\caption{Grid search: '
-          'missing.}\\label{tab:gridsearch}\\end{table}\n')
-
-
-def write(path, content):
-    """Writes text, a copy of a Path or a figure via a temporary file: never half a file."""
-    tmp = f'{path}.tmp{os.path.splitext(path)[1]}'
-    if isinstance(content, str):
-        Path(tmp).write_text(content)
-    elif isinstance(content, Path):
-        shutil.copyfile(content, tmp)
-    else:
-        content.savefig(tmp, dpi=150, metadata=METADATA[path[-3:]])
-    os.replace(tmp, path)
 
 
 def write_figures(config, out):
@@ -412,6 +260,35 @@ def write_figures(config, out):
     for ext in ('pdf', 'png'):
         write(f'{out}/comparison.{ext}', fig)
     plt.close('all')
+    # drawn even without the pair in runs.json (empty axes): report.tex includes it
+    write(f'{out}/numpy_convnet.png', numpy_convnet_figure(config.numpy_convnet, plt))
+    plt.close('all')
+
+
+def numpy_convnet_figure(runs, plt):
+    """The NumPy ConvNet's run beside its PyTorch twin: smoothed training loss and test loss,
+    test accuracy, per step; the legend gives each run's wall time."""
+    with plt.rc_context(STYLE):
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.3, 2.5))
+        for i, run in enumerate(runs):
+            if run.missing:
+                continue
+            m, c = run.data, f'C{i}'
+            label = f'{run.label} ({run_row(run)[3]})'
+            loss, window = np.asarray(m['train_loss']), max(1, len(m['train_loss']) // 20)
+            ax_loss.plot(m['steps'][window - 1:], np.convolve(loss, np.ones(window) / window,
+                                                             'valid'), c=c, lw=1, label=label)
+            ax_loss.plot(m['eval_steps'], m['test_loss'], 'o--', c=c, ms=2.5, lw=0.8)
+            ax_acc.plot(m['eval_steps'], m['test_accuracy'], 'o-', c=c, ms=2.5, lw=1.2)
+        ax_loss.set(xlabel='step', ylabel='cross-entropy loss',
+                    title='Training loss (smoothed) and test loss (dashed)')
+        ax_acc.set(xlabel='step', ylabel='test accuracy', title='Test accuracy')
+        if ax_loss.lines:
+            ax_loss.legend(frameon=False, fontsize=7)
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+    return fig
 
 
 def build_pdf(out_dir):

@@ -1,0 +1,262 @@
+"""The report's tables and the values report.tex quotes (tables/), written from the runs
+make_report.py loaded; and write(), through which every file of the report is written."""
+import csv
+import math
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+# No dates or versions in the figures: unchanged runs give byte-identical files.
+METADATA = {'pdf': {'CreationDate': None, 'Producer': None, 'Creator': None},
+            'png': {'Software': None}}
+
+TEX_SPECIAL = str.maketrans({'\\': r'\textbackslash{}', '~': r'\textasciitilde{}',
+                             '^': r'\textasciicircum{}', **{c: '\\' + c for c in '&%$#_{}'}})
+
+
+class ReportError(Exception):
+    """Something a user can fix; the message says what. exit_code: the process's status."""
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def tex(text, tt=False):
+    """Plain text -> LaTeX (-- kept apart, not an en dash); tt: \\texttt, breaking after / and _."""
+    text = str(text).translate(TEX_SPECIAL).replace('--', '-{}-').replace('--', '-{}-')
+    return r'\texttt{' + text.replace('/', r'/\allowbreak{}').replace(
+        '\\_', r'\_\allowbreak{}') + '}' if tt else text
+
+
+def status_note(m):
+    """'' for a completed run, else what happened, e.g. 'interrupted at step 2500 of 5000'."""
+    status, max_steps = m['status'], m['flags'].get('max_steps')
+    of = f' of {max_steps}' if max_steps and status != 'diverged' else ''
+    return '' if status == 'completed' else f'{status} at step {(m["steps"] or [0])[-1]}{of}'
+
+
+def run_row(run):
+    """[final, best, steps, time, device] of one run, as text. best: best.pt's test accuracy where
+    a validation split chose it, else '--' (the best of test evaluations was chosen on the test)."""
+    if run.missing:
+        return ['missing', '--', '--', '--', '--']
+    m, s, status = run.data, run.data['wall_seconds'], run.data['status']
+    steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
+    time = run.time or ('--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100
+                        else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
+    return [*('--' if v is None else f'{v:.3f}'
+              for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))),
+            steps, time, m.get('device') or 'cpu']
+
+
+def time_v(run):
+    """(seconds from process start to exit, peak memory in GB) that `/usr/bin/time -v` wrote
+    to the run's time.txt, or (None, None) when the run has none."""
+    try:
+        with open(run.file('time.txt')) as f:
+            fields = dict(line.strip().rsplit(': ', 1) for line in f if ': ' in line)
+        *hours, minutes, seconds = fields['Elapsed (wall clock) time (h:mm:ss or m:ss)'].split(':')
+        elapsed = 3600 * int(hours[0] if hours else 0) + 60 * int(minutes) + float(seconds)
+        return elapsed, int(fields['Maximum resident set size (kbytes)']) / 1e6
+    except (OSError, KeyError, ValueError):
+        return None, None
+
+
+def numpy_convnet_ratios(config):
+    """(time, peak memory) of the NumPy ConvNet's run over its PyTorch twin's, both from their
+    time.txt, as text; None unless runs.json's numpy_convnet names both and both have one."""
+    pair = [time_v(r) for r in config.numpy_convnet if not r.missing]
+    if len(pair) != 2 or None in (*pair[0], *pair[1]):
+        return None
+    (t_ours, gb_ours), (t_theirs, gb_theirs) = pair
+    return f'{t_ours / t_theirs:.2f}', f'{gb_ours / gb_theirs:.2f}'
+
+
+def losses(m):
+    """{name: text} of a run's losses: the training loss at the first step and over the last
+    tenth of the steps, the evaluation loss at the first evaluation, at its lowest and at the
+    end."""
+    train, evals = m['train_loss'], m[f'{m.get("eval_split", "test")}_loss']
+    tail = train[-max(1, len(train) // 10):]
+    return {'firstloss': f'{train[0]:.1f}' if train else '--',
+            'trainloss': f'{np.mean(tail):.2f}' if train else '--',
+            'firstevalloss': f'{evals[0]:.2f}' if evals else '--',
+            'minevalloss': f'{min(evals):.2f}' if evals else '--',
+            'evalloss': f'{evals[-1]:.2f}' if evals else '--'}
+
+
+def run_facts(m):
+    """{name: text} of a run's final validation accuracy and its binomial standard error in
+    points, sqrt(p (1 - p) / n) for n validation images, and its wall time in minutes."""
+    facts = {'minutes': f'{m["wall_seconds"] / 60:.1f}'} if m.get('wall_seconds') else {}
+    p, n = m.get('final_validation_accuracy'), (m.get('flags') or {}).get('validation_size')
+    if isinstance(p, (int, float)) and isinstance(n, int) and n > 0:
+        facts.update(valacc=f'{p:.3f}', valse=f'{100 * math.sqrt(p * (1 - p) / n):.2f}')
+    return facts
+
+
+def summary(run):
+    """A sentence or two on a run, or the grid, for the captions and the text."""
+    m = run.data
+    if run.missing:  # Appendix A gives the command that produces it
+        return r'\textbf{Run missing} (' + tex(run.problem) + ').'
+    if run.record == 'best.json':
+        params = ', '.join(f'{k}={v}' for k, v in m['best_params'].items())
+        refit = '' if m['test_accuracy'] is None else (
+            f'; test accuracy after refitting on the whole training set {m["test_accuracy"]:.3f}')
+        return (f'{m["cv"]}-fold cross-validation on {m["n_train"]} training images, '
+                f'{m["max_epochs"]} epochs per fit; best setting {tex(params, tt=True)}; its '
+                f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.')
+    final, best, _, time, device = run_row(run)
+    time = f', {time} on {tex(device)}' if m['wall_seconds'] is not None else ''
+    note = status_note(m) and r' \textbf{Run ' + tex(status_note(m)) + '.}'
+    best = '' if best == '--' else f' (best.pt, chosen on validation: {best})'
+    return f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final}{best}{time}.{note}'
+
+
+def write_tables(config, out):
+    """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
+    modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
+    def table(name, colspec, head, rows):  # NAME.tex, booktabs; head in LaTeX, rows plain text
+        write(f'{out}/{name}.tex', '\n'.join([
+            f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head) + r' \\',
+            r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows), r'\bottomrule',
+            r'\end{tabular}']) + '\n')
+
+    def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
+        return ' '.join(f'no --{k}' if v is None or v is False else f'--{k}' if v is True else
+                        f'--{k} ' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
+                        for k, v in flags.items() if base.get(k) != v
+                        and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
+                        and not (k not in base and v in (None, False, 0))) or '(none)'
+
+    os.makedirs(out, exist_ok=True)
+    define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
+    values = []  # every folder's, named as in runs.json or by its path under report/runs/
+    for r in config.folders[:-1]:
+        values += [(r.name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
+                   *((r.name, k, v) for k, v in ({} if r.missing else losses(r.data)).items()),
+                   *((r.name, k, v) for k, v in ({} if r.missing else run_facts(r.data)).items())]
+    if not config.grid.missing:  # the best setting's CV score, its spread, the refit's test
+        m = config.grid.data
+        values += [('gridsearch', k, '--' if v is None else f'{v:.3f}') for k, v in (
+            ('cv', m['best_cv_score']), ('cvstd', m.get('best_cv_std')),
+            ('refit', m['test_accuracy']))]
+    if os.path.isfile(config.grid.file('cv_results.csv')):  # settings at chance (0.10)
+        with open(config.grid.file('cv_results.csv')) as f:
+            scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
+        values.append(('gridsearch', 'chance', f'{sum(x < 0.11 for x in scores)} of {len(scores)}'))
+    if ratios := numpy_convnet_ratios(config):
+        values += [('numpy_convnet', 'timeratio', ratios[0]),
+                   ('numpy_convnet', 'memoryratio', ratios[1])]
+    write(f'{out}/runs.tex', '\n'.join([
+        '% Generated by report/make_report.py from the runs in runs.json; do not edit.',
+        *(define(*v) for v in values),
+        *(define(r.name, 'summary', summary(r)) for r in [*config.runs.values(), config.grid])])
+          + '\n')
+
+    runs, head = config.runs.values(), ['final test accuracy', 'best.pt test accuracy', 'steps']
+    short = ['final acc.', 'best.pt', 'steps', 'time']  # the LaTeX tables' narrower head
+    table('results', 'lrrrrl', ['model', *short, 'device'], [[r.label, *run_row(r)] for r in runs])
+    write(f'{out}/results.md', tabulate(
+        [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
+        ['model', 'command', *head, 'time', 'device'], 'github', disable_numparse=True) + '\n')
+
+    base = config.modifications[0][1] if config.modifications else None
+    rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
+             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3:2]]
+            for i, (label, run, _) in enumerate(config.modifications)]
+    # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
+    table('modifications', r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
+          r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
+          ['modification', r'\normalfont flags changed', *short[:3:2]], rows)
+    write(f'{out}/modifications.md', tabulate(
+        [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
+        ['modification', 'flags changed', *head[::2]], 'github', disable_numparse=True) + '\n')
+
+    # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
+    table('numpy_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
+          ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
+          [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
+           for label, run, twins in config.modifications if 'numpy' in twins])
+    # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
+    table('validation_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
+          ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
+          [[twin.label.removeprefix('validation: '), *(
+              'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
+              for k in ('final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
+           for _, run, twins in config.modifications if 'validation' in twins
+           for twin in [twins['validation']] for m in [twin.data]])
+
+    # Table 1's network from the course's defaults to --preset fast, one row a run.
+    table('fast', '@{}lrrrr@{}', ['run', *short],
+          [[run.label, *run_row(run)[:4]] for run in config.convnet])
+    # And one change a row, each run judged on its validation split and tested once.
+    table('changes', '@{}lrrrr@{}', ['change', 'validation', 'test, once', 'steps', 'time'], [
+        [label, '--' if run.missing or 'final_validation_accuracy' not in run.data else
+         f'{run.data["final_validation_accuracy"]:.3f}', *(run_row(run)[i] for i in (0, 2, 3))]
+        for label, run in config.changes])
+
+    # Table 1's network by hand in NumPy beside PyTorch: accuracy, time and memory, and ratios.
+    rows = []
+    for r in config.numpy_convnet:
+        elapsed, gb = time_v(r)
+        rows.append([r.label, run_row(r)[0], '--' if elapsed is None else f'{elapsed / 60:.1f} min',
+                     '--' if gb is None else f'{gb:.2f} GB'])
+    if ratios := numpy_convnet_ratios(config):
+        rows.append(['ratio, NumPy / PyTorch', '', *ratios])
+    table('numpy_convnet', '@{}lrrr@{}', ['run', 'final acc.', 'time', 'peak memory'], rows)
+
+    # The spread over seeds: mean and sample standard deviation of the final test accuracy.
+    rows = []
+    for label, group in config.seeds:
+        values = [run.data['final_test_accuracy'] for run in group
+                  if not run.missing and run.data['final_test_accuracy'] is not None]
+        rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
+                     if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
+    table('seeds', '@{}lrl@{}', ['runs', 'final test accuracy', 'each seed'], rows)
+
+    write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
+        r'\begin{description}\setlength\itemsep{2pt}',
+        *(f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
+          + tex(shlex.join(run.rerun_command() or ['unknown']), tt=True) for run in config.folders),
+        r'\end{description}']) + '\n')
+    # gridsearch.py's results.tex is a whole table, caption and label included.
+    write(f'{out}/gridsearch.tex', checked_latex(config.grid.file('results.tex'))
+          if not config.grid.missing else '\\begin{table}[tb]\\centering\\emph{Grid search '
+          'missing.}\\caption{Grid search: missing.}\\label{tab:gridsearch}\\end{table}\n')
+
+
+# The LaTeX commands gridsearch.py's results.tex holds (tabulate's booktabs and escapes): any
+# other in a run folder's file could read or write files when the report is built.
+GRID_LATEX = {'begin', 'end', 'centering', 'small', 'toprule', 'midrule', 'bottomrule', 'hline',
+              'caption', 'label', 'pm', 'textbackslash', 'textasciitilde', 'textasciicircum'}
+
+
+def checked_latex(path):
+    """The text of a results.tex, if every command in it is one of GRID_LATEX (or an escaped
+    character such as \\_ or \\%); else ReportError."""
+    text = Path(path).read_text()
+    for command in re.findall(r'\\([A-Za-z@]+)', text):
+        if command not in GRID_LATEX:
+            raise ReportError(f'{path} holds the LaTeX command \\{command}, which gridsearch.py '
+                              'does not write; it was left out of the report. Run the grid '
+                              'search again, or restore its results.tex.')
+    return text
+
+
+def write(path, content):
+    """Writes text, a copy of a Path or a figure via a temporary file: never half a file."""
+    tmp = f'{path}.tmp{os.path.splitext(path)[1]}'
+    if isinstance(content, str):
+        Path(tmp).write_text(content)
+    elif isinstance(content, Path):
+        shutil.copyfile(content, tmp)
+    else:
+        content.savefig(tmp, dpi=150, metadata=METADATA[path[-3:]])
+    os.replace(tmp, path)
