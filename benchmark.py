@@ -7,6 +7,7 @@ slows all alike.
     python benchmark.py [--quick] [--out report/benchmark.json]   # the table (and its JSON)
     python benchmark.py --profile                 # where the NumPy ConvNet step spends its time
 """
+
 import argparse
 import contextlib
 import os
@@ -37,8 +38,12 @@ N_INPUTS, N_CLASSES = 3072, 10
 # (hidden, batch, recipe): [0] a default train_mlp_numpy.py run's network and batch; [1] set
 # against NumPy's matmul; the last the --preset best recipe (batch norm, dropout, AdamW).
 BEST = dict(batchnorm=True, dropout=0.2, init='kaiming')
-MLP_CONFIGS = (([100], 200, {}), ([1000, 1000], 512, {}), ([500] * 4, 400, {}),
-               ([1024, 1024], 256, BEST))
+MLP_CONFIGS = (
+    ([100], 200, {}),
+    ([1000, 1000], 512, {}),
+    ([500] * 4, 400, {}),
+    ([1024, 1024], 256, BEST),
+)
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
 LOAD = """import sys, time, numpy as np, cifar10_utils as cu
 start = time.perf_counter()
@@ -75,8 +80,14 @@ def row(measurement, value, reference, unit, target):
     a, b = (f'{v:.0f}' if v >= 99.95 else f'{v:#.3g}' for v in (value, reference))  # 3 digits
     text = f'{a} / {b} {unit} = {value / reference:.2f}'
     print(f'| {measurement:<80} | {text:<28} | {target:<12} |', flush=True)
-    return {'measurement': measurement, 'value': value, 'reference': reference, 'unit': unit,
-            'ratio': value / reference, 'target': target}
+    return {
+        'measurement': measurement,
+        'value': value,
+        'reference': reference,
+        'unit': unit,
+        'ratio': value / reference,
+        'target': target,
+    }
 
 
 def bench_mlp(quick):
@@ -88,25 +99,52 @@ def bench_mlp(quick):
     a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
     for i, (hidden, batch, recipe) in enumerate(MLP_CONFIGS):
         np_model = mlp_numpy.MLP(N_INPUTS, hidden, N_CLASSES, dtype=np.float32, rng=rng, **recipe)
-        torch_model = mlp_pytorch.MLP(N_INPUTS, hidden, N_CLASSES,
-                                      **({**recipe, 'batchnorm': 'torch'} if recipe else {}))
+        torch_model = mlp_pytorch.MLP(
+            N_INPUTS, hidden, N_CLASSES, **({**recipe, 'batchnorm': 'torch'} if recipe else {})
+        )
         name, decay = ('adamw', 1e-2) if recipe else ('sgd', 0.0)
         np_opt = train_mlp_numpy.make_optimizer(name, np_model.parameters(), lr, 0, decay)
         opt = train_mlp_pytorch.make_optimizer(name, torch_model.parameters(), lr, 0, decay)
-        fns = {'numpy': partial(train_mlp_numpy.train_step, np_model, CrossEntropyModule(),
-                                np_opt, x[:batch], cifar10_utils.dense_to_one_hot(labels[:batch])),
-               'torch': partial(train_mlp_pytorch.train_step, torch_model, opt,
-                                torch.from_numpy(x[:batch]), torch.from_numpy(labels[:batch])),
-               **({'matmul': partial(np.matmul, a, b, out=np.empty_like(a))} if i == 1 else {})}
+        fns = {
+            'numpy': partial(
+                train_mlp_numpy.train_step,
+                np_model,
+                CrossEntropyModule(),
+                np_opt,
+                x[:batch],
+                cifar10_utils.dense_to_one_hot(labels[:batch]),
+            ),
+            'torch': partial(
+                train_mlp_pytorch.train_step,
+                torch_model,
+                opt,
+                torch.from_numpy(x[:batch]),
+                torch.from_numpy(labels[:batch]),
+            ),
+            **({'matmul': partial(np.matmul, a, b, out=np.empty_like(a))} if i == 1 else {}),
+        }
         sec = compare(fns, *((2, 0.05) if quick else (7, 0.5)))
         name = f'[{hidden[0]}] x {len(hidden)}' if len(hidden) > 2 else hidden
         what = ', batch norm + dropout 0.2 + AdamW' if recipe else ''
-        rows.append(row(f'NumPy / PyTorch step, {name} at batch {batch}{what}',
-                        sec['numpy'] * 1e3, sec['torch'] * 1e3, 'ms', '<= 1.0'))
+        rows.append(
+            row(
+                f'NumPy / PyTorch step, {name} at batch {batch}{what}',
+                sec['numpy'] * 1e3,
+                sec['torch'] * 1e3,
+                'ms',
+                '<= 1.0',
+            )
+        )
         if 'matmul' in sec:
-            rows.append(row(f'NumPy step {hidden} at batch {batch} / float32 matmul 2048^2',
-                            mlp_step_flops(hidden, batch) / sec['numpy'] / 1e9,
-                            2 * 2048 ** 3 / sec['matmul'] / 1e9, 'GFLOP/s', '>= 0.8'))
+            rows.append(
+                row(
+                    f'NumPy step {hidden} at batch {batch} / float32 matmul 2048^2',
+                    mlp_step_flops(hidden, batch) / sec['numpy'] / 1e9,
+                    2 * 2048**3 / sec['matmul'] / 1e9,
+                    'GFLOP/s',
+                    '>= 0.8',
+                )
+            )
     return rows
 
 
@@ -125,16 +163,31 @@ def bench_convnet(quick, device):
     fns = {}
     for dtype, amp_dtype in [('float32', None), *([('bfloat16', torch.bfloat16)] if bf16 else [])]:
         fns[f'train {dtype}'] = partial(convnet_script.train_step, model, opt, x, y, amp_dtype)
-        fns[f'eval {dtype}'] = partial(convnet_script.evaluate, model, images, labels, dev,
-                                       amp_dtype=amp_dtype)
+        fns[f'eval {dtype}'] = partial(
+            convnet_script.evaluate, model, images, labels, dev, amp_dtype=amp_dtype
+        )
     sec = compare(fns, *((1, 0.1) if quick else (5, 2.0)))
-    rows = [row(f'ConvNet evaluation / training throughput, {dtype}, {dev.type}',
-                n_eval / sec[f'eval {dtype}'], batch / sec[f'train {dtype}'], 'images/s',
-                '>= 3') for dtype in ('float32', 'bfloat16') if f'eval {dtype}' in sec]
+    rows = [
+        row(
+            f'ConvNet evaluation / training throughput, {dtype}, {dev.type}',
+            n_eval / sec[f'eval {dtype}'],
+            batch / sec[f'train {dtype}'],
+            'images/s',
+            '>= 3',
+        )
+        for dtype in ('float32', 'bfloat16')
+        if f'eval {dtype}' in sec
+    ]
     if bf16:
-        rows.append(row(f'ConvNet training step at batch {batch}, bfloat16 / float32, '
-                        f'{dev.type}', sec['train bfloat16'] * 1e3, sec['train float32'] * 1e3,
-                        'ms', '< 1.0'))
+        rows.append(
+            row(
+                f'ConvNet training step at batch {batch}, bfloat16 / float32, {dev.type}',
+                sec['train bfloat16'] * 1e3,
+                sec['train float32'] * 1e3,
+                'ms',
+                '< 1.0',
+            )
+        )
     return rows
 
 
@@ -159,12 +212,21 @@ def convnet_twins(batch, rng):
     ours = convnet_numpy.ConvNet(3, N_CLASSES, dtype=np.float32, rng=rng)
     theirs = ConvNet(3, N_CLASSES)
     lr = train_convnet_numpy.LEARNING_RATE_DEFAULT
-    our_step = partial(train_convnet_numpy.train_step, ours, CrossEntropyModule(),
-                       train_convnet_numpy.make_optimizer('ADAM', ours, lr), x,
-                       cifar10_utils.dense_to_one_hot(labels))
-    their_step = partial(convnet_script.train_step, theirs,
-                         convnet_script.make_optimizer('ADAM', theirs, lr),
-                         torch.from_numpy(x), torch.from_numpy(labels))
+    our_step = partial(
+        train_convnet_numpy.train_step,
+        ours,
+        CrossEntropyModule(),
+        train_convnet_numpy.make_optimizer('ADAM', ours, lr),
+        x,
+        cifar10_utils.dense_to_one_hot(labels),
+    )
+    their_step = partial(
+        convnet_script.train_step,
+        theirs,
+        convnet_script.make_optimizer('ADAM', theirs, lr),
+        torch.from_numpy(x),
+        torch.from_numpy(labels),
+    )
     return ours, our_step, their_step
 
 
@@ -175,17 +237,33 @@ def bench_convnet_numpy(quick):
     a, b = rng.standard_normal((2, 2048, 2048), dtype=np.float32)
     for batch in (32, 128):
         model, our_step, their_step = convnet_twins(batch, rng)
-        fns = {'numpy': our_step, 'torch': their_step,
-               'matmul': partial(np.matmul, a, b, out=np.empty_like(a))}
+        fns = {
+            'numpy': our_step,
+            'torch': their_step,
+            'matmul': partial(np.matmul, a, b, out=np.empty_like(a)),
+        }
         sec = compare(fns, *((1, 0.1) if quick else (5, 2.0)))
-        flops, matmul = convnet_step_flops(model, batch), 2 * 2048 ** 3 / sec['matmul'] / 1e9
-        rows.append(row(f'NumPy / PyTorch ConvNet step at batch {batch}, Adam, float32, cpu',
-                        sec['numpy'] * 1e3, sec['torch'] * 1e3, 'ms',
-                        '<= 1.3' if batch == 32 else '-'))
+        flops, matmul = convnet_step_flops(model, batch), 2 * 2048**3 / sec['matmul'] / 1e9
+        rows.append(
+            row(
+                f'NumPy / PyTorch ConvNet step at batch {batch}, Adam, float32, cpu',
+                sec['numpy'] * 1e3,
+                sec['torch'] * 1e3,
+                'ms',
+                '<= 1.3' if batch == 32 else '-',
+            )
+        )
         for name in ('numpy', 'torch'):
-            rows.append(row(f'{"NumPy" if name == "numpy" else "PyTorch"} ConvNet step at batch '
-                            f'{batch} / float32 matmul 2048^2', flops / sec[name] / 1e9,
-                            matmul, 'GFLOP/s', '>= 0.5' if name == 'numpy' else '-'))
+            rows.append(
+                row(
+                    f'{"NumPy" if name == "numpy" else "PyTorch"} ConvNet step at batch '
+                    f'{batch} / float32 matmul 2048^2',
+                    flops / sec[name] / 1e9,
+                    matmul,
+                    'GFLOP/s',
+                    '>= 0.5' if name == 'numpy' else '-',
+                )
+            )
     return rows
 
 
@@ -221,12 +299,17 @@ def profile_convnet_numpy(batch=32, repeats=5):
             else:
                 dout = timed((i, 'backward'), layer.backward, dout)
     median = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-    total = sum(median.values()) - sum(v for (i, kind), v in median.items()
-                                       if kind == 'weight gradient' and i > 0)
-    print(f'NumPy ConvNet step at batch {batch}: {total:.1f} ms in the layers (median of '
-          f'{repeats}); a conv\'s input gradient is its backward minus its weight gradient')
-    print(f'| {"layer":<22} | {"forward":>8} | {"weight grad":>11} | {"input grad":>10} | '
-          f'{"backward":>8} |')
+    total = sum(median.values()) - sum(
+        v for (i, kind), v in median.items() if kind == 'weight gradient' and i > 0
+    )
+    print(
+        f'NumPy ConvNet step at batch {batch}: {total:.1f} ms in the layers (median of '
+        f"{repeats}); a conv's input gradient is its backward minus its weight gradient"
+    )
+    print(
+        f'| {"layer":<22} | {"forward":>8} | {"weight grad":>11} | {"input grad":>10} | '
+        f'{"backward":>8} |'
+    )
     for i, layer in enumerate(model.layers):
         f, w, b = (median.get((i, k), 0.0) for k in ('forward', 'weight gradient', 'backward'))
         dx = b - w if (b and w) else 0.0
@@ -237,8 +320,13 @@ def profile_convnet_numpy(batch=32, repeats=5):
 def run_python(*args):
     """(seconds from start to exit, stdout) of `python *args` in the project folder."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, *args], cwd=os.path.dirname(os.path.abspath(__file__)),
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return time.perf_counter() - start, out
 
 
@@ -251,30 +339,63 @@ def bench_loading(quick, step_seconds):
         return []
     steps, run = (20, '20-step') if quick else (train_mlp_numpy.MAX_STEPS_DEFAULT, 'default')
     with tempfile.TemporaryDirectory() as tmp:
-        times = [[float(run_python('-c', LOAD, kind, folder)[1]) for kind in ('floor', 'load')]
-                 + [run_python('train_mlp_numpy.py', '--data_dir', folder, '--max_steps',
-                               str(steps), '--out_dir', os.path.join(tmp, str(i)))[0]]
-                 for i in range(1 if quick else 3)]
+        times = [
+            [float(run_python('-c', LOAD, kind, folder)[1]) for kind in ('floor', 'load')]
+            + [
+                run_python(
+                    'train_mlp_numpy.py',
+                    '--data_dir',
+                    folder,
+                    '--max_steps',
+                    str(steps),
+                    '--out_dir',
+                    os.path.join(tmp, str(i)),
+                )[0]
+            ]
+            for i in range(1 if quick else 3)
+        ]
     floor, load, wall = np.median(times, axis=0).tolist()
-    return [row('`get_cifar10` (decode + normalise) / floor (read 6 pickles + float32)',
-                load, floor, 's', '-'),
-            row(f'{run} `train_mlp_numpy.py`, process start to exit / its training compute',
-                wall, steps * step_seconds, 's', '<= 3, < 10 s')]
+    return [
+        row(
+            '`get_cifar10` (decode + normalise) / floor (read 6 pickles + float32)',
+            load,
+            floor,
+            's',
+            '-',
+        ),
+        row(
+            f'{run} `train_mlp_numpy.py`, process start to exit / its training compute',
+            wall,
+            steps * step_seconds,
+            's',
+            '<= 3, < 10 s',
+        ),
+    ]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='a small pass of everything')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                   help="the ConvNet's (auto: CUDA when available); the MLPs run on the CPU")
+    p.add_argument(
+        '--device',
+        choices=('auto', 'cpu', 'cuda'),
+        default='auto',
+        help="the ConvNet's (auto: CUDA when available); the MLPs run on the CPU",
+    )
     p.add_argument('--out', help='also write the rows and the machine as JSON to this file')
-    p.add_argument('--profile', action='store_true',
-                   help='only print the NumPy ConvNet step layer by layer, at batch 32')
+    p.add_argument(
+        '--profile',
+        action='store_true',
+        help='only print the NumPy ConvNet step layer by layer, at batch 32',
+    )
     args, started, cpu = p.parse_args(argv), time.strftime('%Y-%m-%dT%H:%M:%S'), None
     if args.profile:
         return profile_convnet_numpy()
-    print(f'| {"measurement":<80} | {"value":<28} | {"target":<12} |\n'
-          f'|{"-" * 82}|{"-" * 30}|{"-" * 14}|', flush=True)
+    print(
+        f'| {"measurement":<80} | {"value":<28} | {"target":<12} |\n'
+        f'|{"-" * 82}|{"-" * 30}|{"-" * 14}|',
+        flush=True,
+    )
     rows = bench_mlp(args.quick)
     rows += bench_loading(args.quick, rows[0]['value'] / 1e3)  # rows[0]: MLP_CONFIGS[0]
     rows += bench_convnet(args.quick, args.device)
@@ -282,12 +403,24 @@ def main(argv=None):
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), None)
     if args.out:
-        write_json(args.out, {'quick': args.quick, 'started': started, 'rows': rows, 'machine': {
-            'platform': platform.platform(), 'cpu': cpu or platform.processor() or None,
-            'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
-            'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            'python': platform.python_version(), 'numpy': np.__version__,
-            'torch': str(torch.__version__)}})
+        write_json(
+            args.out,
+            {
+                'quick': args.quick,
+                'started': started,
+                'rows': rows,
+                'machine': {
+                    'platform': platform.platform(),
+                    'cpu': cpu or platform.processor() or None,
+                    'cpus': os.cpu_count(),
+                    'torch_threads': torch.get_num_threads(),
+                    'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    'python': platform.python_version(),
+                    'numpy': np.__version__,
+                    'torch': str(torch.__version__),
+                },
+            },
+        )
 
 
 if __name__ == '__main__':

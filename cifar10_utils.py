@@ -5,6 +5,7 @@
 
 Images keep the course's pixel scale (0..255) minus the training set's mean image.
 """
+
 import hashlib
 import os
 import pickle
@@ -40,14 +41,19 @@ class _BatchUnpickler(pickle.Unpickler):
     """Resolves only the globals that rebuild a batch file's NumPy arrays (it is a Python 2 pickle
     of a dict of a uint8 ndarray, lists of ints and byte strings): a tampered file runs no code."""
 
-    ALLOWED = {('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
-               ('numpy._core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
-               ('_codecs', 'encode'),  # _codecs.encode: how Python 3 writes bytes in protocol 2
-               ('__builtin__', 'bytes')}  # and an empty bytes object
+    ALLOWED = {
+        ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy._core.multiarray', 'scalar'),
+        ('numpy._core.numeric', '_frombuffer'),
+        ('numpy', 'ndarray'),
+        ('numpy', 'dtype'),
+        ('_codecs', 'encode'),  # _codecs.encode: how Python 3 writes bytes in protocol 2
+        ('__builtin__', 'bytes'),
+    }  # and an empty bytes object
 
     def find_class(self, module, name):
         if module.startswith('numpy.core'):  # pickles written before NumPy 2
-            module = 'numpy._core' + module[len('numpy.core'):]
+            module = 'numpy._core' + module[len('numpy.core') :]
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
         return super().find_class(module, name)
@@ -63,20 +69,31 @@ def load_batch(path):
         raise CIFAR10Error(f'{path} is missing.') from None
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a damaged stream
         if isinstance(e, pickle.UnpicklingError) and str(e).startswith('refusing'):
-            raise CIFAR10Error(f'{path} is not a CIFAR-10 batch file: it asks to load code '
-                               f'({e}). Delete it and download the data again.') from None
-        raise CIFAR10Error(f'{path} is truncated or corrupt ({type(e).__name__}: {e}). '
-                           'Delete it and download the data again.') from None
+            raise CIFAR10Error(
+                f'{path} is not a CIFAR-10 batch file: it asks to load code '
+                f'({e}). Delete it and download the data again.'
+            ) from None
+        raise CIFAR10Error(
+            f'{path} is truncated or corrupt ({type(e).__name__}: {e}). '
+            'Delete it and download the data again.'
+        ) from None
     try:
         data, labels = batch['data'], np.asarray(batch['labels'])
-        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-                and data.shape[1] == 3072 and labels.shape == (len(data),)
-                and (labels.dtype.kind in 'iu' or labels.size == 0)):  # 3.7 is not a label
+        if not (
+            isinstance(data, np.ndarray)
+            and data.dtype == np.uint8
+            and data.ndim == 2
+            and data.shape[1] == 3072
+            and labels.shape == (len(data),)
+            and (labels.dtype.kind in 'iu' or labels.size == 0)
+        ):  # 3.7 is not a label
             raise ValueError
         labels = labels.astype(np.int64)
     except (TypeError, KeyError, ValueError, IndexError, OverflowError):
-        raise CIFAR10Error(f'{path} does not hold a CIFAR-10 batch (a dict with a uint8 '
-                           "'data' array of shape (N, 3072) and N 'labels').") from None
+        raise CIFAR10Error(
+            f'{path} does not hold a CIFAR-10 batch (a dict with a uint8 '
+            "'data' array of shape (N, 3072) and N 'labels')."
+        ) from None
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise CIFAR10Error(f'{path} has labels outside 0..9.')
     return data.reshape(-1, 3, 32, 32), labels  # rows are 3 planes of 32 x 32 already: no copy
@@ -94,8 +111,10 @@ def download_cifar10(data_dir, url=None, md5=None):
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)
     except OSError as e:
-        raise CIFAR10Error(f'Cannot download CIFAR-10 into {parent} ({e.strerror}); point '
-                           '--data_dir or CIFAR10_DIR at a folder you can write.') from None
+        raise CIFAR10Error(
+            f'Cannot download CIFAR-10 into {parent} ({e.strerror}); point '
+            '--data_dir or CIFAR10_DIR at a folder you can write.'
+        ) from None
     print(f'Downloading CIFAR-10 from {url} to {data_dir}', file=sys.stderr)
     archive, digest = os.path.join(tmp, 'cifar-10-python.tar.gz'), hashlib.md5()
     try:
@@ -114,19 +133,25 @@ def download_cifar10(data_dir, url=None, md5=None):
                                 raise CIFAR10Error(
                                     f'The download from {url} stalled (under '
                                     f'{MIN_BYTES_PER_SECOND // 1000} kB/s for {waited:.0f} s); '
-                                    'nothing was kept. Try again later.')
+                                    'nothing was kept. Try again later.'
+                                )
                             window_start, window_bytes = time.monotonic(), 0
         except (OSError, ValueError) as e:  # URLError, timeouts; ValueError: a bad URL
             raise CIFAR10Error(
                 f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
                 'network access, put data_batch_1..5 and test_batch from cifar-10-python.tar.gz '
-                f'in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.') from None
+                f'in {data_dir} by hand, or point CIFAR10_DIR or --data_dir at them.'
+            ) from None
         if total is not None and (received := os.path.getsize(archive)) != total:
-            raise CIFAR10Error(f'The download from {url} stopped after {received} of {total} '
-                               'bytes; nothing was kept. Try again.')
+            raise CIFAR10Error(
+                f'The download from {url} stopped after {received} of {total} '
+                'bytes; nothing was kept. Try again.'
+            )
         if (got := digest.hexdigest()) != md5:
-            raise CIFAR10Error(f'The archive from {url} has MD5 {got}, expected {md5}: it is '
-                               'corrupt or not CIFAR-10, and was deleted. Try again.')
+            raise CIFAR10Error(
+                f'The archive from {url} has MD5 {got}, expected {md5}: it is '
+                'corrupt or not CIFAR-10, and was deleted. Try again.'
+            )
         try:
             with tarfile.open(archive, 'r:gz') as tar:
                 tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out
@@ -135,8 +160,9 @@ def download_cifar10(data_dir, url=None, md5=None):
         extracted = os.path.join(tmp, ARCHIVE_FOLDER)
         missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(extracted, n))]
         if missing:
-            raise CIFAR10Error(f'The archive from {url} lacks {", ".join(missing)} under '
-                               f'{ARCHIVE_FOLDER}/.')
+            raise CIFAR10Error(
+                f'The archive from {url} lacks {", ".join(missing)} under {ARCHIVE_FOLDER}/.'
+            )
         os.replace(extracted, data_dir)
     except KeyboardInterrupt:
         print('Download interrupted; nothing was kept.', file=sys.stderr)
@@ -151,17 +177,23 @@ def ensure_cifar10(data_dir, download=True):
     if not missing:
         return data_dir
     if len(missing) < len(BATCH_FILES):
-        raise CIFAR10Error(f'{data_dir} lacks {", ".join(missing)}. Put the missing batch '
-                           'files there, or delete the folder to download it again.')
+        raise CIFAR10Error(
+            f'{data_dir} lacks {", ".join(missing)}. Put the missing batch '
+            'files there, or delete the folder to download it again.'
+        )
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
         found = 'holds no CIFAR-10 batch files' if os.path.isdir(data_dir) else 'is a file'
-        raise CIFAR10Error(f'{data_dir} {found}; point --data_dir or CIFAR10_DIR at the folder '
-                           'with data_batch_1..5 and test_batch.')
+        raise CIFAR10Error(
+            f'{data_dir} {found}; point --data_dir or CIFAR10_DIR at the folder '
+            'with data_batch_1..5 and test_batch.'
+        )
     switch = os.environ.get('CIFAR10_DOWNLOAD', '1').strip().lower()
     if not download or switch in ('0', 'false', 'no', 'off', ''):
-        raise CIFAR10Error(f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
-                           'batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
-                           'there, or point CIFAR10_DIR or --data_dir at them.')
+        raise CIFAR10Error(
+            f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '
+            'batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
+            'there, or point CIFAR10_DIR or --data_dir at them.'
+        )
     if os.path.isdir(data_dir):
         os.rmdir(data_dir)  # empty (checked above); the extracted folder replaces it
     download_cifar10(data_dir)
@@ -190,27 +222,35 @@ class DataSet:
         """The next (images, labels) batch. An epoch's last incomplete batch is skipped (every
         batch has batch_size examples), then the order is reshuffled and epochs_completed grows."""
         if not 0 < batch_size <= self.num_examples:
-            raise ValueError(f'batch_size must be between 1 and the {self.num_examples} '
-                             f'examples of this set, got {batch_size}.')
+            raise ValueError(
+                f'batch_size must be between 1 and the {self.num_examples} '
+                f'examples of this set, got {batch_size}.'
+            )
         start = self._index_in_epoch
         if start + batch_size > self.num_examples:
             self.epochs_completed += 1
             self._order = self.rng.permutation(self.num_examples)  # shuffle indices, not images
             start = 0
         self._index_in_epoch = start + batch_size
-        idx = self._order[start:self._index_in_epoch]
+        idx = self._order[start : self._index_in_epoch]
         return self.images[idx], self.labels[idx]
 
     def state_dict(self):
         """Where next_batch stands, as plain Python values (for checkpoints)."""
-        return {'epochs_completed': self.epochs_completed, 'index_in_epoch': self._index_in_epoch,
-                'order': self._order.tolist(), 'rng': self.rng.bit_generator.state}
+        return {
+            'epochs_completed': self.epochs_completed,
+            'index_in_epoch': self._index_in_epoch,
+            'order': self._order.tolist(),
+            'rng': self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state):
         """Continues from a state_dict(): the following batches are those it would have given."""
         if len(state['order']) != self.num_examples:
-            raise ValueError(f"the saved batch order covers {len(state['order'])} examples, "
-                             f'this set has {self.num_examples}.')
+            raise ValueError(
+                f'the saved batch order covers {len(state["order"])} examples, '
+                f'this set has {self.num_examples}.'
+            )
         self.epochs_completed = state['epochs_completed']
         self._index_in_epoch = state['index_in_epoch']
         self._order = np.asarray(state['order'], dtype=np.int64)
@@ -259,12 +299,15 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
     for images, files in ((raw, 'data_batch_1..5 hold'), (test_x, 'test_batch holds')):
         if not len(images):  # nothing to train on or to evaluate
-            raise CIFAR10Error(f'In {data_dir}, {files} no images. Delete the folder and '
-                               'download the data again.')
+            raise CIFAR10Error(
+                f'In {data_dir}, {files} no images. Delete the folder and download the data again.'
+            )
     n_train, v = len(raw), validation_size
     if not 0 <= v < n_train:
-        raise ValueError(f'validation_size must be an integer from 0 to {n_train - 1} (the '
-                         f'training set has {n_train} images), got {validation_size!r}.')
+        raise ValueError(
+            f'validation_size must be an integer from 0 to {n_train - 1} (the '
+            f'training set has {n_train} images), got {validation_size!r}.'
+        )
     seeds = np.random.SeedSequence(seed).spawn(4) if seed is not None else [None] * 4
     held_out = np.zeros(n_train, dtype=bool)
     if v:  # stratified: each class gives its share of the v images, the seed picks which
@@ -278,11 +321,15 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
     mean_image = (kept_sum / (n_train - v)).astype(np.float32)
     images = np.subtract(raw, mean_image, dtype=np.float32)  # converts and subtracts in one pass
     train_split = (images[~held_out], labels[~held_out]) if v else (images, labels)
-    splits = {'train': train_split, 'validation': (images[held_out], labels[held_out]),
-              'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y)}
+    splits = {
+        'train': train_split,
+        'validation': (images[held_out], labels[held_out]),
+        'test': (np.subtract(test_x, mean_image, dtype=np.float32), test_y),
+    }
     encode = dense_to_one_hot if one_hot else (lambda y: y)
-    return {name: DataSet(x, encode(y), seed=s)
-            for (name, (x, y)), s in zip(splits.items(), seeds[:3])}
+    return {
+        name: DataSet(x, encode(y), seed=s) for (name, (x, y)), s in zip(splits.items(), seeds[:3])
+    }
 
 
 read_data_sets = get_cifar10  # the same loader under its other public name

@@ -1,6 +1,7 @@
 """The command line the train scripts share: flag types whose errors are one line (exit
 status 2), the flags every script has, presets, and cli(), which turns what a user can cause
 into one sentence and an exit status."""
+
 import argparse
 import contextlib
 import math
@@ -37,6 +38,7 @@ FLOAT32_MAX = 3.4028234663852886e38  # a larger learning rate or decay overflows
 def _number(convert, low_ok, what, high=math.inf, high_ok=True):
     """A flag type: text -> a number in (0, high] (0 too if low_ok; high excluded unless
     high_ok), else FlagError with `what` it expected."""
+
     def parse(text):
         try:
             value = convert(text)
@@ -46,6 +48,7 @@ def _number(convert, low_ok, what, high=math.inf, high_ok=True):
         if not (math.isfinite(value) and low and (value < high or high_ok and value == high)):
             raise FlagError(f'expected {what}, got {text!r}')
         return value
+
     parse.what, parse.convert = what, convert  # for check_arguments
     return parse
 
@@ -65,8 +68,9 @@ def hidden_units(text):
     try:
         return [positive_int(part) for part in text.split(',')] if text.strip() else []
     except FlagError:
-        raise FlagError('expected comma-separated positive integers such as 100 or 500,500, '
-                        f'got {text!r}') from None
+        raise FlagError(
+            f'expected comma-separated positive integers such as 100 or 500,500, got {text!r}'
+        ) from None
 
 
 def hidden_layers(value):
@@ -74,68 +78,138 @@ def hidden_layers(value):
     integers -> that list; ValueError with one sentence otherwise."""
     if isinstance(value, str):
         return hidden_units(value)
-    if not (isinstance(value, (list, tuple)) and all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)):
-        raise ValueError(f'dnn_hidden_units must be a list of positive integers or a string '
-                         f'such as 500,500, got {value!r}.')
+    if not (
+        isinstance(value, (list, tuple))
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+    ):
+        raise ValueError(
+            f'dnn_hidden_units must be a list of positive integers or a string '
+            f'such as 500,500, got {value!r}.'
+        )
     return list(value)
 
 
 def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=None):
     """The flags every train script has, with its course defaults; doc: its docstring."""
     p = ArgumentParser(description=doc.split('\n\n')[0])
-    p.add_argument('--learning_rate', type=rate, default=learning_rate,
-                   help='learning rate of the optimizer')
-    p.add_argument('--max_steps', type=positive_int, default=max_steps,
-                   help='number of training steps (mini-batches)')
-    p.add_argument('--batch_size', type=positive_int, default=batch_size,
-                   help='examples per training step')
-    p.add_argument('--eval_freq', type=positive_int, default=eval_freq,
-                   help='evaluate every this many steps (and at the end), on the whole '
-                        'validation split if there is one, else the test set')
-    p.add_argument('--data_dir', help='folder with the CIFAR-10 batch files, downloaded there '
-                   'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)')
-    p.add_argument('--validation_size', type=non_negative_int, default=0,
-                   help='hold out this many training images (stratified, drawn by the seed) '
-                        'for the evaluations during training (and what they choose); the test '
-                        'set is then evaluated once, at the end')
-    p.add_argument('--seed', type=non_negative_int, default=42,
-                   help='seed of the initialisation and of the batch order')
-    p.add_argument('--out_dir', help='folder for metrics.json, curves.png and checkpoints '
-                   '(default: a new folder under runs/)')
-    p.add_argument('--overwrite', action='store_true',
-                   help='write into --out_dir even when it holds files of another run')
+    p.add_argument(
+        '--learning_rate', type=rate, default=learning_rate, help='learning rate of the optimizer'
+    )
+    p.add_argument(
+        '--max_steps',
+        type=positive_int,
+        default=max_steps,
+        help='number of training steps (mini-batches)',
+    )
+    p.add_argument(
+        '--batch_size', type=positive_int, default=batch_size, help='examples per training step'
+    )
+    p.add_argument(
+        '--eval_freq',
+        type=positive_int,
+        default=eval_freq,
+        help='evaluate every this many steps (and at the end), on the whole '
+        'validation split if there is one, else the test set',
+    )
+    p.add_argument(
+        '--data_dir',
+        help='folder with the CIFAR-10 batch files, downloaded there '
+        'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)',
+    )
+    p.add_argument(
+        '--validation_size',
+        type=non_negative_int,
+        default=0,
+        help='hold out this many training images (stratified, drawn by the seed) '
+        'for the evaluations during training (and what they choose); the test '
+        'set is then evaluated once, at the end',
+    )
+    p.add_argument(
+        '--seed',
+        type=non_negative_int,
+        default=42,
+        help='seed of the initialisation and of the batch order',
+    )
+    p.add_argument(
+        '--out_dir',
+        help='folder for metrics.json, curves.png and checkpoints '
+        '(default: a new folder under runs/)',
+    )
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='write into --out_dir even when it holds files of another run',
+    )
     if presets:
-        p.add_argument('--preset', choices=tuple(presets),
-                       help='a tuned set of flags (see README); flags given explicitly win')
+        p.add_argument(
+            '--preset',
+            choices=tuple(presets),
+            help='a tuned set of flags (see README); flags given explicitly win',
+        )
     return p
 
 
 def add_mlp_flags(p, dnn_hidden_units, batchnorms):
     """The flags of both MLP scripts, with the same names and meanings; batchnorms: the
     choices of --batchnorm ('none' first), each explained in the script's help."""
-    p.add_argument('--dnn_hidden_units', type=hidden_units, default=dnn_hidden_units,
-                   help='comma-separated sizes of the hidden layers, e.g. 500,500')
-    p.add_argument('--optimizer', choices=('sgd', 'adam', 'adamw'), default='sgd',
-                   help='adamw: Adam with decoupled weight decay')
-    p.add_argument('--momentum', type=fraction, default=0.0,
-                   help='momentum of --optimizer sgd, in [0, 1)')
-    p.add_argument('--weight_decay', type=decay, default=0.0,
-                   help='weight decay (decoupled for adamw, L2 otherwise)')
-    p.add_argument('--dropout', type=fraction, default=0.0,
-                   help='dropout probability after each hidden layer, in [0, 1)')
-    p.add_argument('--batchnorm', choices=tuple(batchnorms), default='none',
-                   help='batch normalization after each hidden linear layer: '
-                        + ', '.join(f'{k} ({v})' for k, v in batchnorms.items() if k != 'none'))
-    p.add_argument('--init', choices=('course', 'kaiming'), default='course',
-                   help="course: weights N(0, 0.0001^2), zero biases; kaiming: PyTorch's "
-                        'default for nn.Linear, U(+-1/sqrt(fan_in))')
-    p.add_argument('--lr_schedule', choices=('constant', 'cosine', 'onecycle'),
-                   default='constant', help='learning-rate schedule over max_steps')
-    p.add_argument('--augment', action='store_true',
-                   help='random crops (after zero padding) and horizontal flips of each batch')
-    p.add_argument('--augment_padding', type=crop_padding, default=4,
-                   help='padding of the random crops of --augment, at most 16; 0: flips only')
+    p.add_argument(
+        '--dnn_hidden_units',
+        type=hidden_units,
+        default=dnn_hidden_units,
+        help='comma-separated sizes of the hidden layers, e.g. 500,500',
+    )
+    p.add_argument(
+        '--optimizer',
+        choices=('sgd', 'adam', 'adamw'),
+        default='sgd',
+        help='adamw: Adam with decoupled weight decay',
+    )
+    p.add_argument(
+        '--momentum', type=fraction, default=0.0, help='momentum of --optimizer sgd, in [0, 1)'
+    )
+    p.add_argument(
+        '--weight_decay',
+        type=decay,
+        default=0.0,
+        help='weight decay (decoupled for adamw, L2 otherwise)',
+    )
+    p.add_argument(
+        '--dropout',
+        type=fraction,
+        default=0.0,
+        help='dropout probability after each hidden layer, in [0, 1)',
+    )
+    p.add_argument(
+        '--batchnorm',
+        choices=tuple(batchnorms),
+        default='none',
+        help='batch normalization after each hidden linear layer: '
+        + ', '.join(f'{k} ({v})' for k, v in batchnorms.items() if k != 'none'),
+    )
+    p.add_argument(
+        '--init',
+        choices=('course', 'kaiming'),
+        default='course',
+        help="course: weights N(0, 0.0001^2), zero biases; kaiming: PyTorch's "
+        'default for nn.Linear, U(+-1/sqrt(fan_in))',
+    )
+    p.add_argument(
+        '--lr_schedule',
+        choices=('constant', 'cosine', 'onecycle'),
+        default='constant',
+        help='learning-rate schedule over max_steps',
+    )
+    p.add_argument(
+        '--augment',
+        action='store_true',
+        help='random crops (after zero padding) and horizontal flips of each batch',
+    )
+    p.add_argument(
+        '--augment_padding',
+        type=crop_padding,
+        default=4,
+        help='padding of the random crops of --augment, at most 16; 0: flips only',
+    )
 
 
 def check_arguments(parser, values):
@@ -151,8 +225,9 @@ def check_arguments(parser, values):
                 raise ValueError(f'{name} must be True or False, got {value!r}.')
         elif action.choices is not None:
             if value not in action.choices:
-                raise ValueError(f'{name} must be one of {", ".join(map(str, action.choices))}, '
-                                 f'got {value!r}.')
+                raise ValueError(
+                    f'{name} must be one of {", ".join(map(str, action.choices))}, got {value!r}.'
+                )
         elif hasattr(action.type, 'what'):  # the number types above
             kind = numbers.Integral if action.type.convert is int else numbers.Real
             ok = isinstance(value, kind) and not isinstance(value, bool)
@@ -174,8 +249,10 @@ def check_memory(n_numbers, what):
     with contextlib.suppress(ValueError, OSError, AttributeError):
         have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     if need > have:
-        raise ValueError(f'{what} needs at least {need / 1e9:.0f} GB, more than the '
-                         f'{have / 1e9:.0f} GB of this machine.')
+        raise ValueError(
+            f'{what} needs at least {need / 1e9:.0f} GB, more than the '
+            f'{have / 1e9:.0f} GB of this machine.'
+        )
 
 
 def parse_with_preset(parser, argv, presets):
@@ -195,8 +272,9 @@ def resume_defaults(parser, argv, args, read_flags):
         saved = read_flags(args.resume)
     except ValueError as e:
         parser.error(str(e))
-    parser.set_defaults(**{k: v for k, v in saved.items()
-                           if k not in ('out_dir', 'resume', 'overwrite')})
+    parser.set_defaults(
+        **{k: v for k, v in saved.items() if k not in ('out_dir', 'resume', 'overwrite')}
+    )
     return parser.parse_args(argv)
 
 
@@ -234,12 +312,18 @@ def cli(train, args):
         print(f'{prog}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     except OSError as e:  # a write: a full disk, the run's folder made read-only or deleted
-        print(f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
-              'there: free some space or choose another --out_dir.', file=sys.stderr)
+        print(
+            f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
+            'there: free some space or choose another --out_dir.',
+            file=sys.stderr,
+        )
         return 1
     except MemoryError:
-        print(f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
-              'network needs less.', file=sys.stderr)
+        print(
+            f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
+            'network needs less.',
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt as e:
         if not hasattr(e, 'signal'):  # else the run has said what it saved
@@ -248,6 +332,8 @@ def cli(train, args):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    print(f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
-          f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}')
+    print(
+        f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
+        f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}'
+    )
     return 0

@@ -8,6 +8,7 @@ Each conv is Conv2d 3x3 (stride 1, padding 1) -> BatchNorm2d -> ReLU; each max-p
 stride 2 and padding 1 halves the maps, from 32 x 32 to 1 x 1, so the linear layer sees the
 512 channels. Table 1's avgpool (1 x 1 window, stride 1) is the identity and is left out.
 """
+
 import numpy as np
 
 from modules import (
@@ -23,10 +24,21 @@ from modules import (
 )
 
 # Table 1: a number is a conv block with that many output channels, 'M' a max-pool.
-TABLE_1 = (('conv1', 64), ('maxpool1', 'M'), ('conv2', 128), ('maxpool2', 'M'),
-           ('conv3_a', 256), ('conv3_b', 256), ('maxpool3', 'M'), ('conv4_a', 512),
-           ('conv4_b', 512), ('maxpool4', 'M'), ('conv5_a', 512), ('conv5_b', 512),
-           ('maxpool5', 'M'))
+TABLE_1 = (
+    ('conv1', 64),
+    ('maxpool1', 'M'),
+    ('conv2', 128),
+    ('maxpool2', 'M'),
+    ('conv3_a', 256),
+    ('conv3_b', 256),
+    ('maxpool3', 'M'),
+    ('conv4_a', 512),
+    ('conv4_b', 512),
+    ('maxpool4', 'M'),
+    ('conv5_a', 512),
+    ('conv5_b', 512),
+    ('maxpool5', 'M'),
+)
 
 
 class ConvNet(Sequential):
@@ -54,8 +66,11 @@ class ConvNet(Sequential):
                 block = [MaxPool2dModule(kernel_size=3, stride=2, padding=1)]
             else:
                 out = max(1, round(out * width))
-                block = [Conv2dModule(channels, out, 3, stride=1, padding=1, dtype=dtype, rng=rng),
-                         BatchNorm2dModule(out, dtype=dtype), ReLUModule()]
+                block = [
+                    Conv2dModule(channels, out, 3, stride=1, padding=1, dtype=dtype, rng=rng),
+                    BatchNorm2dModule(out, dtype=dtype),
+                    ReLUModule(),
+                ]
                 channels = out
             layers += block
             self.names += [name] * len(block)

@@ -20,6 +20,7 @@
 Every conv is followed by batch normalisation and a ReLU. The five max-pools halve a 32 x 32
 image down to 1 x 1, so the linear layer sees exactly the 512 channels.
 """
+
 import torch.nn.functional as F
 from torch import nn
 

@@ -51,37 +51,37 @@ class _BatchNormBase(nn.Module):
         """
         super().__init__()
         if int(n_neurons) != n_neurons or n_neurons < 1:
-            raise ValueError(f"n_neurons must be a positive integer, got {n_neurons!r}.")
+            raise ValueError(f'n_neurons must be a positive integer, got {n_neurons!r}.')
         self.n_neurons = int(n_neurons)
         self.eps = eps
         self.momentum = momentum
         self.gamma = nn.Parameter(torch.ones(self.n_neurons))
         self.beta = nn.Parameter(torch.zeros(self.n_neurons))
-        self.register_buffer("running_mean", torch.zeros(self.n_neurons))
-        self.register_buffer("running_var", torch.ones(self.n_neurons))
+        self.register_buffer('running_mean', torch.zeros(self.n_neurons))
+        self.register_buffer('running_var', torch.ones(self.n_neurons))
 
     def extra_repr(self):
-        return f"{self.n_neurons}, eps={self.eps}, momentum={self.momentum}"
+        return f'{self.n_neurons}, eps={self.eps}, momentum={self.momentum}'
 
     def _check_input(self, input):
         """Raise TypeError unless input is a tensor, and ValueError unless it has
         shape (B, n_neurons) with B > 1 in training mode."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(
-                f"Expected a torch.Tensor of shape (batch, {self.n_neurons}), "
-                f"got {type(input).__name__}."
+                f'Expected a torch.Tensor of shape (batch, {self.n_neurons}), '
+                f'got {type(input).__name__}.'
             )
         if input.dim() != 2 or input.shape[1] != self.n_neurons:
             raise ValueError(
-                f"Expected input of shape (batch, {self.n_neurons}), got shape "
-                f"{tuple(input.shape)}; reshape it to (batch, n_neurons) first."
+                f'Expected input of shape (batch, {self.n_neurons}), got shape '
+                f'{tuple(input.shape)}; reshape it to (batch, n_neurons) first.'
             )
         # With one sample the batch variance is zero (and its unbiased
         # estimate undefined), so the output would be just beta; torch refuses too.
         if self.training and input.shape[0] < 2:
             raise ValueError(
-                f"Expected more than 1 sample per batch in training mode, got input "
-                f"of shape {tuple(input.shape)}; use a larger batch or call .eval()."
+                f'Expected more than 1 sample per batch in training mode, got input '
+                f'of shape {tuple(input.shape)}; use a larger batch or call .eval().'
             )
 
     @torch.no_grad()

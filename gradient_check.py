@@ -3,6 +3,7 @@
 Use float64 inputs: with h = 1e-5 the truncation error is O(h^2) ~ 1e-10 and the rounding
 error O(eps / h) ~ 1e-11, both far below the 1e-5 tolerance of the checks.
 """
+
 import numpy as np
 
 

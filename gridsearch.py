@@ -11,6 +11,7 @@ estimates what train_mlp_pytorch.py reaches with that setting. The best setting 
 on the whole training set and tested once. Writes to --out_dir: cv_results.csv, results.md,
 results.tex, heatmap.png and best.json.
 """
+
 import contextlib
 import csv
 import io
@@ -47,28 +48,42 @@ from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
 from train_utils import atomic_write, check_out_dir, select_device, write_json
 
 CONNECT_SECONDS = 20  # for the whole handshake with a Dask scheduler
-DEFAULT_GRID = {'batch_size': [64, 128, 256, 512], 'learning_rate': [0.1, 0.01, 0.001],
-                'hidden_units': [[100, 100], [1000], [50, 30, 20]], 'optimizer': ['adam']}
+DEFAULT_GRID = {
+    'batch_size': [64, 128, 256, 512],
+    'learning_rate': [0.1, 0.01, 0.001],
+    'hidden_units': [[100, 100], [1000], [50, 30, 20]],
+    'optimizer': ['adam'],
+}
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
 SKORCH_NAMES = {  # grid key -> the parameter of skorch's NeuralNetClassifier it sets
-    'batch_size': 'batch_size', 'learning_rate': 'lr', 'hidden_units': 'module__n_hidden',
-    'optimizer': 'optimizer', 'weight_decay': 'optimizer__weight_decay',
-    'momentum': 'optimizer__momentum', 'dropout': 'module__dropout',
-    'batchnorm': 'module__batchnorm', 'activation': 'module__activation', 'init': 'module__init'}
+    'batch_size': 'batch_size',
+    'learning_rate': 'lr',
+    'hidden_units': 'module__n_hidden',
+    'optimizer': 'optimizer',
+    'weight_decay': 'optimizer__weight_decay',
+    'momentum': 'optimizer__momentum',
+    'dropout': 'module__dropout',
+    'batchnorm': 'module__batchnorm',
+    'activation': 'module__activation',
+    'init': 'module__init',
+}
 GRID_KEYS = {name: key for key, name in SKORCH_NAMES.items()}
 NUMBER = (int, float)  # type(v) rather than isinstance: True is an int, but no batch size
 CHECKS = {  # grid key -> (the test every value passes, what it asks for)
     'batch_size': (lambda v: type(v) is int and v > 0, 'a positive integer'),
     'learning_rate': (lambda v: type(v) in NUMBER and 0 < v < math.inf, 'a number > 0'),
-    'hidden_units': (lambda v: type(v) is list and all(type(h) is int and h > 0 for h in v),
-                     'a list of positive integers'),
+    'hidden_units': (
+        lambda v: type(v) is list and all(type(h) is int and h > 0 for h in v),
+        'a list of positive integers',
+    ),
     'optimizer': (lambda v: v in OPTIMIZERS, f'one of {", ".join(OPTIMIZERS)}'),
     'weight_decay': (lambda v: type(v) in NUMBER and 0 <= v < math.inf, 'a number >= 0'),
     'momentum': (lambda v: type(v) in NUMBER and 0 <= v < math.inf, 'a number >= 0'),
     'dropout': (lambda v: type(v) in NUMBER and 0 <= v < 1, 'a number in [0, 1)'),
     'batchnorm': (lambda v: v in BATCHNORMS, f'one of {", ".join(BATCHNORMS)}'),
     'activation': (lambda v: v in ACTIVATIONS, f'one of {", ".join(ACTIVATIONS)}'),
-    'init': (lambda v: v in INITS, f'one of {", ".join(INITS)}')}
+    'init': (lambda v: v in INITS, f'one of {", ".join(INITS)}'),
+}
 
 
 def build_grid(args):
@@ -80,11 +95,14 @@ def build_grid(args):
         except OSError as e:
             raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
         except json.JSONDecodeError as e:
-            raise ValueError(f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, '
-                             f'column {e.colno}.') from None
+            raise ValueError(
+                f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.'
+            ) from None
         if not isinstance(from_file, dict) or not from_file:
-            raise ValueError('the grid must be a non-empty JSON object of lists, e.g. '
-                             '{"learning_rate": [0.01, 0.001]}.')
+            raise ValueError(
+                'the grid must be a non-empty JSON object of lists, e.g. '
+                '{"learning_rate": [0.01, 0.001]}.'
+            )
         grid.update(from_file)
     grid.update({k: getattr(args, k) for k in CHECKS if getattr(args, k) is not None})
     for key, values in grid.items():
@@ -117,16 +135,27 @@ def make_net(max_epochs, device, seed):
             torch.manual_seed(seed)
 
     return NeuralNetClassifier(
-        MLP, module__n_inputs=3072, module__n_hidden=[100], module__n_classes=10,
+        MLP,
+        module__n_inputs=3072,
+        module__n_hidden=[100],
+        module__n_classes=10,
         criterion=torch.nn.CrossEntropyLoss,  # MLP returns logits
-        optimizer=torch.optim.Adam, lr=1e-3, batch_size=128, max_epochs=max_epochs,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        batch_size=128,
+        max_epochs=max_epochs,
         train_split=None,  # the fold left out validates: train on all of the rest
-        iterator_train__shuffle=True, device=device, verbose=0, callbacks=[Seed()])
+        iterator_train__shuffle=True,
+        device=device,
+        verbose=0,
+        callbacks=[Seed()],
+    )
 
 
 def connect(scheduler):
     """A client of the Dask cluster at scheduler, its workers given the model's code."""
     from dask.distributed import Client
+
     # Client's own timeout covers the connection, not a peer that accepts it and then says
     # nothing: the whole handshake runs in a thread (a daemon: one that hangs is left behind),
     # given CONNECT_SECONDS.
@@ -143,8 +172,10 @@ def connect(scheduler):
     thread.join(CONNECT_SECONDS + 5)
     if 'client' not in outcome:
         why = type(outcome.get('error', TimeoutError())).__name__
-        raise ValueError(f'no Dask scheduler answered at {scheduler} within {CONNECT_SECONDS} '
-                         f's ({why}); check the address, and that the scheduler runs.')
+        raise ValueError(
+            f'no Dask scheduler answered at {scheduler} within {CONNECT_SECONDS} '
+            f's ({why}); check the address, and that the scheduler runs.'
+        )
     client = outcome['client']
     # The workers unpickle mlp_pytorch.MLP: they need the requirements, not this checkout.
     for module in ('custom_batchnorm.py', 'mlp_pytorch.py'):
@@ -152,11 +183,16 @@ def connect(scheduler):
     threads = sum(client.nthreads().values())
     if threads == 0:
         client.close()
-        raise ValueError(f'the Dask scheduler at {scheduler} has no workers; start some with '
-                         f'dask worker {scheduler}.')
+        raise ValueError(
+            f'the Dask scheduler at {scheduler} has no workers; start some with '
+            f'dask worker {scheduler}.'
+        )
     if threads < 2:
-        print(f'warning: the cluster at {scheduler} has {threads} worker thread(s); joblib '
-              'runs the fits in this process unless it has at least 2.', file=sys.stderr)
+        print(
+            f'warning: the cluster at {scheduler} has {threads} worker thread(s); joblib '
+            'runs the fits in this process unless it has at least 2.',
+            file=sys.stderr,
+        )
     return client
 
 
@@ -193,6 +229,7 @@ def plot_heatmap(table, path, title):
 def comma_list(convert):
     def parse(text):
         return [convert(part.strip()) for part in text.split(',')]
+
     parse.__name__ = f'comma-separated {convert.__name__}'  # argparse: "invalid NAME value"
     return parse
 
@@ -202,8 +239,10 @@ def architectures(text):
     (the MLP scripts spell a network without hidden layers --dnn_hidden_units '')."""
     parts = text.split(';')
     if not all(part.strip() for part in parts):
-        raise FlagError(f'expected architectures separated by ";", none of them empty, such as '
-                        f'100,100;1000, got {text!r}')
+        raise FlagError(
+            f'expected architectures separated by ";", none of them empty, such as '
+            f'100,100;1000, got {text!r}'
+        )
     return [hidden_units(part) for part in parts]
 
 
@@ -211,33 +250,68 @@ def build_parser():
     p = ArgumentParser(description=__doc__.split('\n\n')[0])
     g = p.add_argument_group('the grid (each flag a comma-separated list; flags beat --grid)')
     g.add_argument('--grid', help='JSON file of lists, e.g. {"dropout": [0.0, 0.2]}')
-    g.add_argument('--hidden_units', type=architectures,
-                   help='architectures separated by ";" (default "100,100;1000;50,30,20")')
-    for key, convert in (('batch_size', int), ('learning_rate', float), ('optimizer', str),
-                         ('weight_decay', float), ('momentum', float), ('dropout', float),
-                         ('batchnorm', str), ('activation', str), ('init', str)):
-        g.add_argument(f'--{key}', type=comma_list(convert), help=f'each {CHECKS[key][1]}'
-                       + (f' (default {DEFAULT_GRID[key]})' if key in DEFAULT_GRID else ''))
+    g.add_argument(
+        '--hidden_units',
+        type=architectures,
+        help='architectures separated by ";" (default "100,100;1000;50,30,20")',
+    )
+    for key, convert in (
+        ('batch_size', int),
+        ('learning_rate', float),
+        ('optimizer', str),
+        ('weight_decay', float),
+        ('momentum', float),
+        ('dropout', float),
+        ('batchnorm', str),
+        ('activation', str),
+        ('init', str),
+    ):
+        g.add_argument(
+            f'--{key}',
+            type=comma_list(convert),
+            help=f'each {CHECKS[key][1]}'
+            + (f' (default {DEFAULT_GRID[key]})' if key in DEFAULT_GRID else ''),
+        )
     p.add_argument('--max_epochs', type=positive_int, default=10, help='epochs of every fit')
     p.add_argument('--cv', type=positive_int, default=5, help='cross-validation folds (>= 2)')
-    p.add_argument('--subsample', type=positive_int,
-                   help='search on this many training images, drawn stratified by class')
+    p.add_argument(
+        '--subsample',
+        type=positive_int,
+        help='search on this many training images, drawn stratified by class',
+    )
     p.add_argument('--n_jobs', type=positive_int, default=1, help='fits run in parallel')
-    p.add_argument('--validation_size', type=non_negative_int, default=0,
-                   help='training images held out (stratified, drawn by --seed): neither the '
-                        'search nor the refit sees them, and the refit is scored on them')
-    p.add_argument('--no_refit', action='store_true',
-                   help='skip refitting the best setting on the whole training set')
+    p.add_argument(
+        '--validation_size',
+        type=non_negative_int,
+        default=0,
+        help='training images held out (stratified, drawn by --seed): neither the '
+        'search nor the refit sees them, and the refit is scored on them',
+    )
+    p.add_argument(
+        '--no_refit',
+        action='store_true',
+        help='skip refitting the best setting on the whole training set',
+    )
     p.add_argument('--scheduler', help='a Dask scheduler, tcp://HOST:PORT, to run the fits')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='cpu',
-                   help='of every fit (auto: CUDA when available)')
-    p.add_argument('--data_dir', help='CIFAR-10 batch folder (default: $CIFAR10_DIR, else '
-                   'cifar10/cifar-10-batches-py)')
-    p.add_argument('--seed', type=non_negative_int, default=42,
-                   help='seed of the folds and of every fit')
+    p.add_argument(
+        '--device',
+        choices=('auto', 'cpu', 'cuda'),
+        default='cpu',
+        help='of every fit (auto: CUDA when available)',
+    )
+    p.add_argument(
+        '--data_dir',
+        help='CIFAR-10 batch folder (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)',
+    )
+    p.add_argument(
+        '--seed', type=non_negative_int, default=42, help='seed of the folds and of every fit'
+    )
     p.add_argument('--out_dir', help='output folder (default: a new folder under runs/)')
-    p.add_argument('--overwrite', action='store_true',
-                   help='write into --out_dir even when it holds files of another search')
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='write into --out_dir even when it holds files of another search',
+    )
     return p
 
 
@@ -266,16 +340,24 @@ def write_results(out_dir, res, table, grid, args, record):
     keys = ['batch_size', 'learning_rate', 'hidden_units']
     keys += [k for k in grid if k not in keys and len(grid[k]) > 1]
     headers = ['rank', 'CV accuracy (mean ± std)'] + [
-        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys]
+        'hidden layers' if k == 'hidden_units' else k.replace('_', ' ') for k in keys
+    ]
     rows = [[r['rank'], f'{r["mean"]:.3f} ± {r["std"]:.3f}', *(r[k] for k in keys)] for r in table]
     write_text(out_dir / 'results.md', tabulate(rows, headers, 'github', floatfmt='g') + '\n')
-    write_text(out_dir / 'results.tex',  # a whole table, as the report inputs it
-               '\\begin{table}[t]\n\\centering\n\\small\n'
-               + tabulate(rows, headers, 'latex_booktabs', floatfmt='g') + '\n\\caption{Grid '
-               'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
-               'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n')
-    plot_heatmap(table, out_dir / 'heatmap.png', f'{args.cv}-fold CV on {record["n_train"]} '
-                 f'training images, {args.max_epochs} epochs per fit')
+    write_text(
+        out_dir / 'results.tex',  # a whole table, as the report inputs it
+        '\\begin{table}[t]\n\\centering\n\\small\n'
+        + tabulate(rows, headers, 'latex_booktabs', floatfmt='g')
+        + '\n\\caption{Grid '
+        'search over the PyTorch MLP: mean and standard deviation of the cross-validated '
+        'accuracy over the folds, best first.}\n\\label{tab:gridsearch}\n\\end{table}\n',
+    )
+    plot_heatmap(
+        table,
+        out_dir / 'heatmap.png',
+        f'{args.cv}-fold CV on {record["n_train"]} '
+        f'training images, {args.max_epochs} epochs per fit',
+    )
 
 
 def write_text(path, text):
@@ -293,40 +375,63 @@ def main(argv=None):
             raise ValueError(f'--cv must be at least 2, got {args.cv}.')
         n = args.subsample
         if n is not None and n < 10 * args.cv:  # each fold needs an image of each class
-            raise ValueError(f'--subsample {n} is too small: {args.cv}-fold cross-validation '
-                             f'needs {args.cv} images of each of the 10 classes, so at least '
-                             f'{10 * args.cv}.')
+            raise ValueError(
+                f'--subsample {n} is too small: {args.cv}-fold cross-validation '
+                f'needs {args.cv} images of each of the 10 classes, so at least '
+                f'{10 * args.cv}.'
+            )
         check_out_dir(out_dir, args.overwrite)  # now, not after the last fit
 
-        data = cifar10_utils.get_cifar10(args.data_dir, one_hot=False, seed=args.seed,
-                                         validation_size=args.validation_size)
+        data = cifar10_utils.get_cifar10(
+            args.data_dir, one_hot=False, seed=args.seed, validation_size=args.validation_size
+        )
         train, validation, test = data['train'], data['validation'], data['test']
         x, y = train.images, train.labels
         if n is not None and n < len(y):  # n images, each class in its share
-            keep, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y,
-                                       random_state=args.seed)
+            keep, _ = train_test_split(
+                np.arange(len(y)), train_size=n, stratify=y, random_state=args.seed
+            )
             x, y = x[np.sort(keep)], y[np.sort(keep)]
         device = str(select_device(args.device))
         cluster = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
 
-        param_grid = {SKORCH_NAMES[k]: [OPTIMIZERS[v] for v in values] if k == 'optimizer'
-                      else values for k, values in grid.items()}
+        param_grid = {
+            SKORCH_NAMES[k]: [OPTIMIZERS[v] for v in values] if k == 'optimizer' else values
+            for k, values in grid.items()
+        }
         fits = args.cv * math.prod(map(len, grid.values()))
-        gs = GridSearchCV(make_net(args.max_epochs, device, args.seed), param_grid,
-                          scoring='accuracy', refit=False, error_score='raise',
-                          cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
-                          n_jobs=-1 if args.scheduler else min(args.n_jobs, fits))  # no idlers
+        gs = GridSearchCV(
+            make_net(args.max_epochs, device, args.seed),
+            param_grid,
+            scoring='accuracy',
+            refit=False,
+            error_score='raise',
+            cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
+            n_jobs=-1 if args.scheduler else min(args.n_jobs, fits),
+        )  # no idlers
         # joblib calls print_progress after each fit, wherever it ran: patched, it moves the bar.
-        with (cluster, joblib.parallel_config('dask' if args.scheduler else 'loky'),
-              tqdm(total=fits, unit='fit', desc='grid search') as bar,
-              mock.patch.object(joblib.Parallel, 'print_progress',
-                                lambda self: bar.update(self.n_completed_tasks - bar.n))):
+        with (
+            cluster,
+            joblib.parallel_config('dask' if args.scheduler else 'loky'),
+            tqdm(total=fits, unit='fit', desc='grid search') as bar,
+            mock.patch.object(
+                joblib.Parallel,
+                'print_progress',
+                lambda self: bar.update(self.n_completed_tasks - bar.n),
+            ),
+        ):
             gs.fit(x, y)
         res = gs.cv_results_  # scikit-learn's columns, a row a setting
         best_first = np.argsort(res['rank_test_score'], kind='stable')  # ties: the grid's order
-        table = [{'rank': int(res['rank_test_score'][i]), 'mean': float(res['mean_test_score'][i]),
-                  'std': float(res['std_test_score'][i]), **from_skorch(res['params'][i])}
-                 for i in best_first]
+        table = [
+            {
+                'rank': int(res['rank_test_score'][i]),
+                'mean': float(res['mean_test_score'][i]),
+                'std': float(res['std_test_score'][i]),
+                **from_skorch(res['params'][i]),
+            }
+            for i in best_first
+        ]
         best = {k: table[0][k] for k in grid}
 
         test_accuracy = validation_accuracy = None
@@ -349,21 +454,41 @@ def main(argv=None):
             signal.signal(s, handler)
 
     try:  # a full disk or a folder gone: one sentence, and no file half-written
-        write_results(out_dir, res, table, grid, args, {
-            'best_params': best, 'best_cv_score': table[0]['mean'],
-            'best_cv_std': table[0]['std'], 'test_accuracy': test_accuracy,
-            'validation_size': args.validation_size, 'validation_accuracy': validation_accuracy,
-            'grid': grid, 'cv': args.cv, 'max_epochs': args.max_epochs, 'n_train': len(y),
-            'subsample': args.subsample, 'seed': args.seed,
-            'wall_seconds': time.perf_counter() - started,
-            'command': ['python', 'gridsearch.py', *(sys.argv[1:] if argv is None else argv)]})
+        write_results(
+            out_dir,
+            res,
+            table,
+            grid,
+            args,
+            {
+                'best_params': best,
+                'best_cv_score': table[0]['mean'],
+                'best_cv_std': table[0]['std'],
+                'test_accuracy': test_accuracy,
+                'validation_size': args.validation_size,
+                'validation_accuracy': validation_accuracy,
+                'grid': grid,
+                'cv': args.cv,
+                'max_epochs': args.max_epochs,
+                'n_train': len(y),
+                'subsample': args.subsample,
+                'seed': args.seed,
+                'wall_seconds': time.perf_counter() - started,
+                'command': ['python', 'gridsearch.py', *(sys.argv[1:] if argv is None else argv)],
+            },
+        )
     except OSError as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: could not write {e.filename} '
-              f'({e.strerror}); free some space or choose another --out_dir.', file=sys.stderr)
+        print(
+            f'{os.path.basename(sys.argv[0])}: error: could not write {e.filename} '
+            f'({e.strerror}); free some space or choose another --out_dir.',
+            file=sys.stderr,
+        )
         return 1
     tested = 'not refit' if test_accuracy is None else f'test accuracy {test_accuracy:.4f}'
-    print(f'best {best}: CV accuracy {table[0]["mean"]:.4f} ± {table[0]["std"]:.4f}; {tested}; '
-          f'results in {out_dir}')
+    print(
+        f'best {best}: CV accuracy {table[0]["mean"]:.4f} ± {table[0]["std"]:.4f}; {tested}; '
+        f'results in {out_dir}'
+    )
     return 0
 
 

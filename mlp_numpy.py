@@ -1,4 +1,5 @@
 """Multi-layer perceptron in NumPy, built from modules.py."""
+
 import numpy as np
 
 from modules import (
@@ -32,12 +33,23 @@ class MLP(Sequential):
             for nn.Linear (kaiming_uniform_ with a = sqrt(5)), as mlp_pytorch.MLP does.
     """
 
-    def __init__(self, n_inputs, n_hidden, n_classes, dtype=np.float64, rng=None,
-                 batchnorm=False, dropout=0.0, init='course'):
+    def __init__(
+        self,
+        n_inputs,
+        n_hidden,
+        n_classes,
+        dtype=np.float64,
+        rng=None,
+        batchnorm=False,
+        dropout=0.0,
+        init='course',
+    ):
         if init not in INITS:
             raise ValueError(f'init must be one of {", ".join(INITS)}, got {init!r}.')
-        if not (isinstance(n_hidden, (list, tuple)) and all(isinstance(n, int) and n > 0
-                                                            for n in n_hidden)):
+        if not (
+            isinstance(n_hidden, (list, tuple))
+            and all(isinstance(n, int) and n > 0 for n in n_hidden)
+        ):
             raise ValueError(f'n_hidden must be a list of positive integers, got {n_hidden!r}.')
         rng = np.random.default_rng() if rng is None else rng
         sizes, layers = [n_inputs, *n_hidden], []

@@ -1,4 +1,5 @@
 """The MLP as a PyTorch nn.Module, with the options tried while tuning it."""
+
 import torch
 from torch import nn
 
@@ -31,16 +32,28 @@ class MLP(nn.Module):
             does, so the two can be compared step for step; 'kaiming' keeps PyTorch's default.
     """
 
-    def __init__(self, n_inputs, n_hidden, n_classes, batchnorm='none', dropout=0.0,
-                 activation='relu', init='course'):
+    def __init__(
+        self,
+        n_inputs,
+        n_hidden,
+        n_classes,
+        batchnorm='none',
+        dropout=0.0,
+        activation='relu',
+        init='course',
+    ):
         super().__init__()
-        for name, value, choices in (('batchnorm', batchnorm, BATCHNORMS),
-                                     ('activation', activation, ACTIVATIONS),
-                                     ('init', init, INITS)):
+        for name, value, choices in (
+            ('batchnorm', batchnorm, BATCHNORMS),
+            ('activation', activation, ACTIVATIONS),
+            ('init', init, INITS),
+        ):
             if value not in choices:
                 raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}.')
-        if not (isinstance(n_hidden, (list, tuple)) and all(isinstance(n, int) and n > 0
-                                                            for n in n_hidden)):
+        if not (
+            isinstance(n_hidden, (list, tuple))
+            and all(isinstance(n, int) and n > 0 for n in n_hidden)
+        ):
             raise ValueError(f'n_hidden must be a list of positive integers, got {n_hidden!r}.')
         if not 0 <= dropout < 1:
             raise ValueError(f'dropout must be in [0, 1), got {dropout!r}.')

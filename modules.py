@@ -37,8 +37,10 @@ The layers of the ConvNet, on (B, C, H, W) maps (x_pad: x with its zero padding,
 
 unittests.py checks each of them against central differences in float64.
 """
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from im2col import fold, offsets, pad, unpad, windows
 
 
 class LinearModule:
@@ -183,8 +185,10 @@ class BatchNormModule:
         if self.training:
             B = x.shape[0]
             if B < 2:
-                raise ValueError(f'Batch norm needs at least 2 samples per batch in training, '
-                                 f'got {x.shape}; set training = False for running statistics.')
+                raise ValueError(
+                    f'Batch norm needs at least 2 samples per batch in training, '
+                    f'got {x.shape}; set training = False for running statistics.'
+                )
             mu = x.mean(axis=0)
             x_mu = x - mu
             # var = mean_b (x - mu)^2 (biased), one dot product per feature: no array of squares
@@ -270,43 +274,6 @@ def torch_default_init(rng, shape, fan_in, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-def windows(x_pad, k, stride):
-    """x_pad: (B, Hp, Wp, C) -> its k x k windows (B, H', W', C, k, k), a view (no copy);
-    H' = (Hp - k) // stride + 1, W' alike."""
-    return sliding_window_view(x_pad, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-
-
-def offsets(k, stride, h_out, w_out):
-    """For each offset (u, v) in a k x k window: (u, v) and the index of the pixels at that
-    offset in all the windows, x_pad[:, s i + u, s j + v] for every (i, j), a strided slice."""
-    for u in range(k):
-        for v in range(k):
-            rows = slice(u, u + stride * h_out, stride)
-            cols = slice(v, v + stride * w_out, stride)
-            yield (u, v), (slice(None), rows, cols)
-
-
-def fold(d_windows, padded_shape, stride):
-    """The adjoint of im2col's rows (col2im): d_windows (B, H', W', k, k, C), a gradient for
-    every pixel of every window -> (B, Hp, Wp, C), each added back at the pixel it was read
-    from. k x k strided adds, one per offset (u, v) in the window; overlapping windows sum."""
-    _, h_out, w_out, k, _, _ = d_windows.shape
-    dx_pad = np.zeros(padded_shape, dtype=d_windows.dtype)
-    for (u, v), pixels in offsets(k, stride, h_out, w_out):
-        dx_pad[pixels] += d_windows[:, :, :, u, v]
-    return dx_pad
-
-
-def pad(x, p, value=0.0):
-    """(B, H, W, C) -> (B, H + 2p, W + 2p, C), the border filled with value."""
-    return np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=value)
-
-
-def unpad(x_pad, p):
-    """The inverse of pad: (B, Hp, Wp, C) -> (B, Hp - 2p, Wp - 2p, C), a view."""
-    return x_pad[:, p:x_pad.shape[1] - p, p:x_pad.shape[2] - p]
-
-
 class Conv2dModule:
     """2-D convolution with a square kernel and zero padding, as torch.nn.Conv2d.
 
@@ -324,11 +291,19 @@ class Conv2dModule:
     ConvNet rows); any other layout gives the same results, through copies.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
-                 dtype=np.float64, rng=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dtype=np.float64,
+        rng=None,
+    ):
         rng = np.random.default_rng() if rng is None else rng
         self.k, self.stride, self.padding = kernel_size, stride, padding
-        fan_in = in_channels * kernel_size ** 2
+        fan_in = in_channels * kernel_size**2
         weight_shape = (out_channels, in_channels, kernel_size, kernel_size)
         # (O, k, k, C) in memory, seen as (O, C, k, k): see Layout above
         weight = np.empty((out_channels, kernel_size, kernel_size, in_channels), dtype)

@@ -6,6 +6,7 @@ reads its grad (backward refills it every step). A schedule sets optimizer.lr (O
 also SGD's momentum or Adam's beta1) when built and at each step(), which is called after
 optimizer.step() as in torch. p is a param, wd the weight decay, mu the momentum.
 """
+
 import math
 
 import numpy as np
@@ -24,22 +25,22 @@ def _decays(pairs, weight_decay, decay_1d):
 
 def _copy_of(array, like):
     """array as a new array of like's shape and dtype; ValueError if the shapes differ."""
-    _check(np.shape(array) == like.shape,
-           f'a saved state of shape {np.shape(array)} does not fit a parameter of shape '
-           f'{like.shape}.')
+    _check(
+        np.shape(array) == like.shape,
+        f'a saved state of shape {np.shape(array)} does not fit a parameter of shape {like.shape}.',
+    )
     return np.array(array, dtype=like.dtype)
 
 
 class SGD:
     """torch.optim.SGD with dampening 0. With g = grad + wd p (L2 weight decay):
 
-        b = g at the first step, then b = mu b + g      (the momentum buffer)
-        d = b, or with Nesterov d = g + mu b            (d = g without momentum)
-        p -= lr d
+    b = g at the first step, then b = mu b + g      (the momentum buffer)
+    d = b, or with Nesterov d = g + mu b            (d = g without momentum)
+    p -= lr d
     """
 
-    def __init__(self, pairs, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 decay_1d=True):
+    def __init__(self, pairs, lr, momentum=0.0, nesterov=False, weight_decay=0.0, decay_1d=True):
         _check(lr > 0, f'lr must be positive, got {lr}.')
         _check(momentum >= 0, f'momentum must be non-negative, got {momentum}.')
         _check(not nesterov or momentum > 0, 'nesterov=True needs a positive momentum.')
@@ -78,17 +79,18 @@ class SGD:
 class Adam:
     """torch.optim.Adam (amsgrad off). With g = grad + wd p (L2 weight decay), at step t:
 
-        m = b1 m + (1 - b1) g             (first moment)
-        v = b2 v + (1 - b2) g^2           (second moment)
-        m_hat = m / (1 - b1^t)            (bias corrections: m and v start at 0)
-        v_hat = v / (1 - b2^t)
-        p -= lr m_hat / (sqrt(v_hat) + eps)
+    m = b1 m + (1 - b1) g             (first moment)
+    v = b2 v + (1 - b2) g^2           (second moment)
+    m_hat = m / (1 - b1^t)            (bias corrections: m and v start at 0)
+    v_hat = v / (1 - b2^t)
+    p -= lr m_hat / (sqrt(v_hat) + eps)
     """
 
     decoupled = False  # True in AdamW: p *= 1 - lr wd instead of g = grad + wd p
 
-    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decay_1d=True):
+    def __init__(
+        self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decay_1d=True
+    ):
         _check(lr > 0, f'lr must be positive, got {lr}.')
         _check(all(0 <= b < 1 for b in betas), f'betas must lie in [0, 1), got {betas}.')
         _check(eps >= 0, f'eps must be non-negative, got {eps}.')
@@ -131,8 +133,11 @@ class Adam:
 
     def state_dict(self):
         """What step() goes on from, as arrays and plain values (for checkpoints)."""
-        moments = {f'{name}/{i}': a for name, arrays in (('m', self.m), ('v', self.v))
-                   for i, a in enumerate(arrays)}
+        moments = {
+            f'{name}/{i}': a
+            for name, arrays in (('m', self.m), ('v', self.v))
+            for i, a in enumerate(arrays)
+        }
         return {'lr': self.lr, 'betas': list(self.betas), 't': self.t, **moments}
 
     def load_state_dict(self, state):
@@ -148,8 +153,9 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 decay_1d=True):
+    def __init__(
+        self, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, decay_1d=True
+    ):
         super().__init__(pairs, lr, betas, eps, weight_decay, decay_1d)
 
 
@@ -188,16 +194,33 @@ class OneCycleLR:
     to max_lr / div_factor / final_div_factor and the momentum rises back. Each phase goes
     from a to b as b + (a - b) / 2 (cos(pi pct) + 1), pct from 0 to 1."""
 
-    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
-                 final_div_factor=1e4, base_momentum=0.85, max_momentum=0.95):
-        _check(max_lr > 0 and div_factor > 0 and final_div_factor > 0,
-               'max_lr, div_factor and final_div_factor must be positive.')
-        _check(isinstance(total_steps, int) and total_steps > 0,
-               f'total_steps must be a positive integer, got {total_steps}.')
-        _check(0 <= pct_start < 1 and pct_start * total_steps != 1,
-               f'pct_start must lie in [0, 1), not making a phase 0 steps long, got {pct_start}.')
-        _check(0 <= base_momentum <= max_momentum < 1,
-               'base_momentum <= max_momentum must lie in [0, 1).')
+    def __init__(
+        self,
+        optimizer,
+        max_lr,
+        total_steps,
+        pct_start=0.3,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        base_momentum=0.85,
+        max_momentum=0.95,
+    ):
+        _check(
+            max_lr > 0 and div_factor > 0 and final_div_factor > 0,
+            'max_lr, div_factor and final_div_factor must be positive.',
+        )
+        _check(
+            isinstance(total_steps, int) and total_steps > 0,
+            f'total_steps must be a positive integer, got {total_steps}.',
+        )
+        _check(
+            0 <= pct_start < 1 and pct_start * total_steps != 1,
+            f'pct_start must lie in [0, 1), not making a phase 0 steps long, got {pct_start}.',
+        )
+        _check(
+            0 <= base_momentum <= max_momentum < 1,
+            'base_momentum <= max_momentum must lie in [0, 1).',
+        )
         self.optimizer, self.total_steps = optimizer, total_steps
         initial_lr = max_lr / div_factor
         self.lrs = (initial_lr, max_lr, initial_lr / final_div_factor)
@@ -212,7 +235,10 @@ class OneCycleLR:
         _check(t <= self.total_steps, f'OneCycleLR stepped {t} times, past total_steps.')
         phase, pct = (0, t / end) if t <= end else (1, (t - end) / (last - end))
         cos_out = math.cos(math.pi * pct) + 1
-        (lr_a, lr_b), (mom_a, mom_b) = self.lrs[phase:phase + 2], self.momentums[phase:phase + 2]
+        (lr_a, lr_b), (mom_a, mom_b) = (
+            self.lrs[phase : phase + 2],
+            self.momentums[phase : phase + 2],
+        )
         self.optimizer.lr = lr_b + (lr_a - lr_b) / 2.0 * cos_out
         momentum = mom_b + (mom_a - mom_b) / 2.0 * cos_out
         if hasattr(self.optimizer, 'betas'):

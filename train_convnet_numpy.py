@@ -10,6 +10,7 @@ folder under runs/) at every evaluation. Ctrl-C saves last.npz at the last compl
 --resume continues from it and ends with the same weights as a run that was never interrupted.
 A checkpoint is an .npz of plain arrays, loaded without pickle.
 """
+
 import json
 import sys
 import time
@@ -39,19 +40,35 @@ OPTIMIZER_DEFAULT = 'ADAM'
 
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
 # max_steps too, when a schedule is laid out over it).
-TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
-                    'augment', 'seed', 'validation_size', 'label_smoothing')
+TRAJECTORY_FLAGS = (
+    'learning_rate',
+    'batch_size',
+    'optimizer',
+    'weight_decay',
+    'lr_schedule',
+    'augment',
+    'seed',
+    'validation_size',
+    'label_smoothing',
+)
 
 
 def make_optimizer(name, model, learning_rate, weight_decay=0.0):
     """Adam, or SGD with Nesterov momentum 0.9, as train_convnet_pytorch.py: the weight decay
     spares the biases and batch norm's gamma and beta (decay_1d=False)."""
     if name == 'SGD':
-        return optimizers.SGD(model.parameters(), learning_rate, momentum=0.9, nesterov=True,
-                              weight_decay=weight_decay, decay_1d=False)
+        return optimizers.SGD(
+            model.parameters(),
+            learning_rate,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=weight_decay,
+            decay_1d=False,
+        )
     if name == 'ADAM':
-        return optimizers.Adam(model.parameters(), learning_rate, weight_decay=weight_decay,
-                               decay_1d=False)
+        return optimizers.Adam(
+            model.parameters(), learning_rate, weight_decay=weight_decay, decay_1d=False
+        )
     raise ValueError(f'optimizer must be one of ADAM, SGD, got {name!r}.')
 
 
@@ -78,8 +95,8 @@ def evaluate(model, loss_module, images, targets, batch_size=100):
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        probs = model.forward(images[start:start + batch_size])
-        y = targets[start:start + batch_size]
+        probs = model.forward(images[start : start + batch_size])
+        y = targets[start : start + batch_size]
         total_loss += loss_module.forward(probs, y) * len(y)
         correct += np.sum(probs.argmax(axis=1) == y.argmax(axis=1))
     model.train()
@@ -99,8 +116,10 @@ def save_checkpoint(path, step, flags, run, model, optimizer, schedule, train_se
     """The whole state after `step`, what --resume needs to go on bit for bit, to path as an
     .npz: the arrays of the model and optimizer, and one JSON record of everything else."""
     opt_state = optimizer.state_dict()
-    arrays = {**model_arrays(model),
-              **{f'optimizer/{k}': v for k, v in opt_state.items() if isinstance(v, np.ndarray)}}
+    arrays = {
+        **model_arrays(model),
+        **{f'optimizer/{k}': v for k, v in opt_state.items() if isinstance(v, np.ndarray)},
+    }
     record = {
         'step': step,
         'flags': flags,
@@ -141,8 +160,9 @@ def load_checkpoint(path, state, model, optimizer, schedule, train_set):
     """Puts a read_checkpoint() state back into the model, optimizer, schedule and batch
     order; ValueError when it does not fit them."""
     record, arrays, prefix = state['record'], state['arrays'], 'optimizer/'
-    optimizer_arrays = {k.removeprefix(prefix): v for k, v in arrays.items()
-                        if k.startswith(prefix)}
+    optimizer_arrays = {
+        k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)
+    }
     try:
         load_model(arrays, model)
         optimizer.load_state_dict({**record['optimizer'], **optimizer_arrays})
@@ -150,14 +170,29 @@ def load_checkpoint(path, state, model, optimizer, schedule, train_set):
             schedule.load_state_dict(record['schedule'])
         train_set.load_state_dict(record['train_set'])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f'{path} does not hold the states of this run (model, optimizer, '
-                         'schedule, batch order).') from None
+        raise ValueError(
+            f'{path} does not hold the states of this run (model, optimizer, '
+            'schedule, batch order).'
+        ) from None
 
 
-def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
-          batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT, optimizer=OPTIMIZER_DEFAULT,
-          data_dir=None, seed=42, out_dir=None, weight_decay=0.0, lr_schedule='constant',
-          augment=False, validation_size=0, label_smoothing=0.0, resume=None, overwrite=False):
+def train(
+    learning_rate=LEARNING_RATE_DEFAULT,
+    max_steps=MAX_STEPS_DEFAULT,
+    batch_size=BATCH_SIZE_DEFAULT,
+    eval_freq=EVAL_FREQ_DEFAULT,
+    optimizer=OPTIMIZER_DEFAULT,
+    data_dir=None,
+    seed=42,
+    out_dir=None,
+    weight_decay=0.0,
+    lr_schedule='constant',
+    augment=False,
+    validation_size=0,
+    label_smoothing=0.0,
+    resume=None,
+    overwrite=False,
+):
     """Trains the NumPy ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.npz or best.npz to continue from, with the TRAJECTORY_FLAGS it was started
@@ -167,8 +202,9 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
-        start, out_dir, overwrite = resume_point(resume, state['record'], flags,
-                                                 TRAJECTORY_FLAGS, 'best.npz', out_dir, overwrite)
+        start, out_dir, overwrite = resume_point(
+            resume, state['record'], flags, TRAJECTORY_FLAGS, 'best.npz', out_dir, overwrite
+        )
     split = 'validation' if validation_size else 'test'  # what evaluations and best.npz use
     run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
     run.metrics['precision'] = 'float32'
@@ -179,8 +215,9 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     schedule = None  # a constant rate
     if lr_schedule == 'onecycle':
         schedule = optimizers.OneCycleLR(opt, max_lr=learning_rate, total_steps=max_steps)
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed,
-                                     validation_size=validation_size)
+    data = cifar10_utils.get_cifar10(
+        data_dir, one_hot=True, seed=seed, validation_size=validation_size
+    )
     train_set, eval_set = data['train'], data[split]
     loss_module = CrossEntropyModule()
     if state is not None:  # one run, one metrics.json, across interruptions
@@ -191,10 +228,14 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     with run, np.errstate(over='ignore', invalid='ignore'):
         for step in range(start, max_steps + 1):
             if run.stop_requested:  # Ctrl-C, answered between two steps
-                save_checkpoint(run.path('last.npz'), step - 1, flags, run, model, opt, schedule,
-                                train_set)
-                print(f'Saved step {step - 1} to {run.path("last.npz")}; continue with '
-                      f'--resume {run.path("last.npz")}', file=sys.stderr)
+                save_checkpoint(
+                    run.path('last.npz'), step - 1, flags, run, model, opt, schedule, train_set
+                )
+                print(
+                    f'Saved step {step - 1} to {run.path("last.npz")}; continue with '
+                    f'--resume {run.path("last.npz")}',
+                    file=sys.stderr,
+                )
                 raise KeyboardInterrupt
             images, labels = train_set.next_batch(batch_size)
             if augment:
@@ -205,8 +246,7 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
             run.log_step(step, loss)
             check_finite('training loss', loss, step)
             if step % eval_freq == 0 or step == max_steps:
-                eval_loss, accuracy = evaluate(model, loss_module, eval_set.images,
-                                               eval_set.labels)
+                eval_loss, accuracy = evaluate(model, loss_module, eval_set.images, eval_set.labels)
                 run.log_eval(step, eval_loss, accuracy)
                 check_finite(f'{split} loss', eval_loss, step)  # no best.npz from a diverged run
                 state = (flags, run, model, opt, schedule, train_set)
@@ -216,30 +256,55 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
         if split == 'validation':  # the test set, once: the final weights, then best.npz's
             run.stop_at_once()
             test = data['test']
-            run.metrics['final_test_accuracy'] = evaluate(model, loss_module, test.images,
-                                                          test.labels)[1]
+            run.metrics['final_test_accuracy'] = evaluate(
+                model, loss_module, test.images, test.labels
+            )[1]
             load_model(read_checkpoint(run.path('best.npz'))['arrays'], model)
-            run.metrics['best_pt_test_accuracy'] = evaluate(model, loss_module, test.images,
-                                                            test.labels)[1]
+            run.metrics['best_pt_test_accuracy'] = evaluate(
+                model, loss_module, test.images, test.labels
+            )[1]
     return run.metrics
 
 
 def build_parser():
-    p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
-                    EVAL_FREQ_DEFAULT)
-    p.add_argument('--optimizer', type=str.upper, choices=('ADAM', 'SGD'),
-                   default=OPTIMIZER_DEFAULT, help='ADAM, or SGD with Nesterov momentum 0.9')
-    p.add_argument('--weight_decay', type=decay, default=0.0,
-                   help='L2 weight decay of the convolution and linear weights')
-    p.add_argument('--label_smoothing', type=fraction, default=0.0,
-                   help='the share of each target spread evenly over all classes, in [0, 1)')
-    p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
-                   help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate')
-    p.add_argument('--augment', action='store_true',
-                   help='random crops (4-pixel padding) and horizontal flips of each batch')
-    p.add_argument('--resume', metavar='PATH',
-                   help='continue a run from its last.npz or best.npz, with its flags, in its '
-                        'folder')
+    p = make_parser(
+        __doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT, EVAL_FREQ_DEFAULT
+    )
+    p.add_argument(
+        '--optimizer',
+        type=str.upper,
+        choices=('ADAM', 'SGD'),
+        default=OPTIMIZER_DEFAULT,
+        help='ADAM, or SGD with Nesterov momentum 0.9',
+    )
+    p.add_argument(
+        '--weight_decay',
+        type=decay,
+        default=0.0,
+        help='L2 weight decay of the convolution and linear weights',
+    )
+    p.add_argument(
+        '--label_smoothing',
+        type=fraction,
+        default=0.0,
+        help='the share of each target spread evenly over all classes, in [0, 1)',
+    )
+    p.add_argument(
+        '--lr_schedule',
+        choices=('constant', 'onecycle'),
+        default='constant',
+        help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate',
+    )
+    p.add_argument(
+        '--augment',
+        action='store_true',
+        help='random crops (4-pixel padding) and horizontal flips of each batch',
+    )
+    p.add_argument(
+        '--resume',
+        metavar='PATH',
+        help='continue a run from its last.npz or best.npz, with its flags, in its folder',
+    )
     return p
 
 
@@ -247,8 +312,9 @@ def parse_args(argv=None):
     """The command line -> train()'s arguments; with --resume the checkpoint's flags are the
     defaults, so that only the flags given explicitly change."""
     parser = build_parser()
-    return resume_defaults(parser, argv, parser.parse_args(argv),
-                           lambda path: read_checkpoint(path)['record']['flags'])
+    return resume_defaults(
+        parser, argv, parser.parse_args(argv), lambda path: read_checkpoint(path)['record']['flags']
+    )
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ accuracy so far; with --validation_size, validation accuracy) to --out_dir (defa
 folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last completed step;
 --resume continues from it and ends with the same weights as a run that was never interrupted.
 """
+
 import sys
 import time
 from functools import partial
@@ -48,17 +49,49 @@ OPTIMIZER_DEFAULT = 'ADAM'
 # 'fast', for a CPU: 25.6 epochs in batches of 128 (the CPU's best images per second); 'long':
 # the classic recipe for VGG-style networks with batch norm, about 57 epochs.
 PRESETS = {
-    'fast': dict(optimizer='SGD', learning_rate=0.1, weight_decay=5e-4, label_smoothing=0.1,
-                 lr_schedule='onecycle', augment=True, batch_size=128, max_steps=9000, amp=True,
-                 eval_freq=1500, channels_last=True, validation_size=5000, flip_test=True),
-    'long': dict(optimizer='SGD', learning_rate=0.05, weight_decay=5e-4,
-                 lr_schedule='onecycle', augment=True, batch_size=128, max_steps=20000,
-                 eval_freq=1000, amp=True, channels_last=True, validation_size=5000),
+    'fast': dict(
+        optimizer='SGD',
+        learning_rate=0.1,
+        weight_decay=5e-4,
+        label_smoothing=0.1,
+        lr_schedule='onecycle',
+        augment=True,
+        batch_size=128,
+        max_steps=9000,
+        amp=True,
+        eval_freq=1500,
+        channels_last=True,
+        validation_size=5000,
+        flip_test=True,
+    ),
+    'long': dict(
+        optimizer='SGD',
+        learning_rate=0.05,
+        weight_decay=5e-4,
+        lr_schedule='onecycle',
+        augment=True,
+        batch_size=128,
+        max_steps=20000,
+        eval_freq=1000,
+        amp=True,
+        channels_last=True,
+        validation_size=5000,
+    ),
 }
 # The flags that decide which weights a run ends with: a resumed run must keep them (and
 # max_steps too, when a schedule is laid out over it). amp: bfloat16 rounds every step.
-TRAJECTORY_FLAGS = ('learning_rate', 'batch_size', 'optimizer', 'weight_decay', 'lr_schedule',
-                    'augment', 'seed', 'validation_size', 'label_smoothing', 'amp')
+TRAJECTORY_FLAGS = (
+    'learning_rate',
+    'batch_size',
+    'optimizer',
+    'weight_decay',
+    'lr_schedule',
+    'augment',
+    'seed',
+    'validation_size',
+    'label_smoothing',
+    'amp',
+)
 
 
 def autocast_dtype(device, amp):
@@ -71,8 +104,10 @@ def autocast_dtype(device, amp):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return torch.bfloat16
-    print('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
-          'float32.', file=sys.stderr)
+    print(
+        'warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in float32.',
+        file=sys.stderr,
+    )
     return None
 
 
@@ -80,11 +115,19 @@ def make_optimizer(name, model, learning_rate, weight_decay=0.0):
     """Adam, or SGD with Nesterov momentum 0.9. Weight decay spares the biases and batch norm's
     scale and shift: batch norm undoes any shrinking of the weights before it, so decaying those
     only fights it. fused: one pass over all parameters instead of a loop over the tensors."""
-    params = [{'params': [p for p in model.parameters() if p.ndim > 1]},
-              {'params': [p for p in model.parameters() if p.ndim <= 1], 'weight_decay': 0.0}]
+    params = [
+        {'params': [p for p in model.parameters() if p.ndim > 1]},
+        {'params': [p for p in model.parameters() if p.ndim <= 1], 'weight_decay': 0.0},
+    ]
     if name == 'SGD':
-        return torch.optim.SGD(params, lr=learning_rate, momentum=0.9, nesterov=True,
-                               weight_decay=weight_decay, fused=True)
+        return torch.optim.SGD(
+            params,
+            lr=learning_rate,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=weight_decay,
+            fused=True,
+        )
     if name == 'ADAM':
         return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
     raise ValueError(f'optimizer must be one of ADAM, SGD, got {name!r}.')
@@ -121,10 +164,13 @@ def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, fli
     folded = fuse(model.eval()).to(memory_format=torch.channels_last)  # fuse copies the model
     model.train()
     total_loss, correct = 0.0, 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
-                                                enabled=amp_dtype is not None):
-        for x, y in zip(torch.from_numpy(images).split(batch_size),
-                        torch.from_numpy(labels).split(batch_size)):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+    ):
+        for x, y in zip(
+            torch.from_numpy(images).split(batch_size), torch.from_numpy(labels).split(batch_size)
+        ):
             x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
             logits = folded(x).float()
             if flip:
@@ -176,15 +222,34 @@ def load_checkpoint(path, state, model, optimizer, schedule, scaler, train_set):
         train_set.load_state_dict(state['rng']['train_set'])
         torch.set_rng_state(state['rng']['torch'])
     except (KeyError, TypeError, ValueError, RuntimeError):
-        raise ValueError(f'{path} does not hold the states of this run (model, optimizer, '
-                         'schedule, batch order).') from None
+        raise ValueError(
+            f'{path} does not hold the states of this run (model, optimizer, '
+            'schedule, batch order).'
+        ) from None
 
 
-def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
-          batch_size=BATCH_SIZE_DEFAULT, eval_freq=EVAL_FREQ_DEFAULT, optimizer=OPTIMIZER_DEFAULT,
-          data_dir=None, seed=42, out_dir=None, weight_decay=0.0, lr_schedule='constant',
-          augment=False, device='auto', amp=False, channels_last=False, validation_size=0,
-          label_smoothing=0.0, flip_test=False, preset=None, resume=None, overwrite=False):
+def train(
+    learning_rate=LEARNING_RATE_DEFAULT,
+    max_steps=MAX_STEPS_DEFAULT,
+    batch_size=BATCH_SIZE_DEFAULT,
+    eval_freq=EVAL_FREQ_DEFAULT,
+    optimizer=OPTIMIZER_DEFAULT,
+    data_dir=None,
+    seed=42,
+    out_dir=None,
+    weight_decay=0.0,
+    lr_schedule='constant',
+    augment=False,
+    device='auto',
+    amp=False,
+    channels_last=False,
+    validation_size=0,
+    label_smoothing=0.0,
+    flip_test=False,
+    preset=None,
+    resume=None,
+    overwrite=False,
+):
     """Trains the ConvNet and returns the metrics written to out_dir/metrics.json.
 
     resume: a last.pt or best.pt to continue from, with the TRAJECTORY_FLAGS it was started
@@ -194,8 +259,9 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     state, start = None, 1
     if resume:
         state = read_checkpoint(resume)
-        start, out_dir, overwrite = resume_point(resume, state, flags, TRAJECTORY_FLAGS,
-                                                 'best.pt', out_dir, overwrite)
+        start, out_dir, overwrite = resume_point(
+            resume, state, flags, TRAJECTORY_FLAGS, 'best.pt', out_dir, overwrite
+        )
     split = 'validation' if validation_size else 'test'  # what evaluations and best.pt use
     run = Run(__file__, flags, out_dir, max_steps, start, overwrite, split)  # checks out_dir
 
@@ -208,11 +274,15 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     torch.manual_seed(seed)
     model = ConvNet(3, cifar10_utils.N_CLASSES).to(dev, memory_format=layout)
     opt = make_optimizer(optimizer, model, learning_rate, weight_decay)
-    schedule = (torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max_steps)
-                if lr_schedule == 'onecycle' else None)  # None: a constant rate
+    schedule = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max_steps)
+        if lr_schedule == 'onecycle'
+        else None
+    )  # None: a constant rate
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
-                                     validation_size=validation_size)
+    data = cifar10_utils.get_cifar10(
+        data_dir, one_hot=False, seed=seed, validation_size=validation_size
+    )
     train_set, eval_set = data['train'], data[split]
     evaluate_on = partial(evaluate, model, device=dev, amp_dtype=amp_dtype, flip=flip_test)
 
@@ -223,10 +293,22 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
     with run:
         for step in range(start, max_steps + 1):
             if run.stop_requested:  # Ctrl-C, answered between two steps
-                save_checkpoint(run.path('last.pt'), step - 1, flags, run, model, opt, schedule,
-                                scaler, train_set)
-                print(f'Saved step {step - 1} to {run.path("last.pt")}; continue with '
-                      f'--resume {run.path("last.pt")}', file=sys.stderr)
+                save_checkpoint(
+                    run.path('last.pt'),
+                    step - 1,
+                    flags,
+                    run,
+                    model,
+                    opt,
+                    schedule,
+                    scaler,
+                    train_set,
+                )
+                print(
+                    f'Saved step {step - 1} to {run.path("last.pt")}; continue with '
+                    f'--resume {run.path("last.pt")}',
+                    file=sys.stderr,
+                )
                 raise KeyboardInterrupt
             images, labels = train_set.next_batch(batch_size)
             if augment:
@@ -257,29 +339,71 @@ def train(learning_rate=LEARNING_RATE_DEFAULT, max_steps=MAX_STEPS_DEFAULT,
 
 
 def build_parser():
-    p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
-                    EVAL_FREQ_DEFAULT, PRESETS)
-    p.add_argument('--optimizer', type=str.upper, choices=('ADAM', 'SGD'),
-                   default=OPTIMIZER_DEFAULT, help='ADAM, or SGD with Nesterov momentum 0.9')
-    p.add_argument('--weight_decay', type=decay, default=0.0,
-                   help='L2 weight decay of the convolution and linear weights')
-    p.add_argument('--label_smoothing', type=fraction, default=0.0,
-                   help='the share of each target spread evenly over all classes, in [0, 1)')
-    p.add_argument('--lr_schedule', choices=('constant', 'onecycle'), default='constant',
-                   help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate')
-    p.add_argument('--augment', action='store_true',
-                   help='random crops (4-pixel padding) and horizontal flips of each batch')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                   help='auto: CUDA when available; cuda without a GPU falls back to the CPU')
-    p.add_argument('--amp', action='store_true',
-                   help='mixed precision: bfloat16 on a CPU that has it (AVX512-BF16, AMX) or '
-                        'a GPU that has it, else float16 on a GPU, float32 on a CPU')
-    p.add_argument('--channels_last', action='store_true',
-                   help='NHWC memory layout (faster convolutions on recent GPUs)')
-    p.add_argument('--flip_test', action='store_true',
-                   help='evaluate each image averaged with its mirror image')
-    p.add_argument('--resume', metavar='PATH',
-                   help='continue a run from its last.pt or best.pt, with its flags, in its folder')
+    p = make_parser(
+        __doc__,
+        LEARNING_RATE_DEFAULT,
+        MAX_STEPS_DEFAULT,
+        BATCH_SIZE_DEFAULT,
+        EVAL_FREQ_DEFAULT,
+        PRESETS,
+    )
+    p.add_argument(
+        '--optimizer',
+        type=str.upper,
+        choices=('ADAM', 'SGD'),
+        default=OPTIMIZER_DEFAULT,
+        help='ADAM, or SGD with Nesterov momentum 0.9',
+    )
+    p.add_argument(
+        '--weight_decay',
+        type=decay,
+        default=0.0,
+        help='L2 weight decay of the convolution and linear weights',
+    )
+    p.add_argument(
+        '--label_smoothing',
+        type=fraction,
+        default=0.0,
+        help='the share of each target spread evenly over all classes, in [0, 1)',
+    )
+    p.add_argument(
+        '--lr_schedule',
+        choices=('constant', 'onecycle'),
+        default='constant',
+        help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate',
+    )
+    p.add_argument(
+        '--augment',
+        action='store_true',
+        help='random crops (4-pixel padding) and horizontal flips of each batch',
+    )
+    p.add_argument(
+        '--device',
+        choices=('auto', 'cpu', 'cuda'),
+        default='auto',
+        help='auto: CUDA when available; cuda without a GPU falls back to the CPU',
+    )
+    p.add_argument(
+        '--amp',
+        action='store_true',
+        help='mixed precision: bfloat16 on a CPU that has it (AVX512-BF16, AMX) or '
+        'a GPU that has it, else float16 on a GPU, float32 on a CPU',
+    )
+    p.add_argument(
+        '--channels_last',
+        action='store_true',
+        help='NHWC memory layout (faster convolutions on recent GPUs)',
+    )
+    p.add_argument(
+        '--flip_test',
+        action='store_true',
+        help='evaluate each image averaged with its mirror image',
+    )
+    p.add_argument(
+        '--resume',
+        metavar='PATH',
+        help='continue a run from its last.pt or best.pt, with its flags, in its folder',
+    )
     return p
 
 
@@ -289,8 +413,9 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parse_with_preset(parser, argv, PRESETS)
     if args.resume is not None and args.preset is not None:
-        parser.error('--preset does not go with --resume: a resumed run keeps the flags it '
-                     'started with.')
+        parser.error(
+            '--preset does not go with --resume: a resumed run keeps the flags it started with.'
+        )
     return resume_defaults(parser, argv, args, lambda path: read_checkpoint(path)['flags'])
 
 

@@ -6,6 +6,7 @@ Adam(W) and a learning-rate schedule, all written by hand (modules.py, optimizer
 
 Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
 """
+
 import sys
 
 import numpy as np
@@ -34,10 +35,21 @@ EVAL_FREQ_DEFAULT = 100
 
 # train_mlp_pytorch.py's preset, the same recipe in NumPy.
 PRESETS = {
-    'best': dict(dnn_hidden_units=[1024, 1024], optimizer='adamw', learning_rate=1e-3,
-                 weight_decay=1e-2, dropout=0.2, batchnorm='numpy', lr_schedule='onecycle',
-                 augment=True, augment_padding=0, init='kaiming', batch_size=256,
-                 max_steps=5500, eval_freq=500),
+    'best': dict(
+        dnn_hidden_units=[1024, 1024],
+        optimizer='adamw',
+        learning_rate=1e-3,
+        weight_decay=1e-2,
+        dropout=0.2,
+        batchnorm='numpy',
+        lr_schedule='onecycle',
+        augment=True,
+        augment_padding=0,
+        init='kaiming',
+        batch_size=256,
+        max_steps=5500,
+        eval_freq=500,
+    ),
 }
 
 
@@ -83,20 +95,36 @@ def evaluate(model, loss_module, x, y, batch_size=5000):
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        probs = model.forward(x[start:start + batch_size])
-        targets = y[start:start + batch_size]
+        probs = model.forward(x[start : start + batch_size])
+        targets = y[start : start + batch_size]
         total_loss += loss_module.forward(probs, targets) * len(targets)
         correct += np.sum(probs.argmax(axis=1) == targets.argmax(axis=1))
     model.train()
     return total_loss / len(x), correct / len(x)
 
 
-def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
-          max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
-          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
-          optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
-          init='course', lr_schedule='constant', augment=False, augment_padding=4,
-          validation_size=0, preset=None, overwrite=False):
+def train(
+    dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT,
+    learning_rate=LEARNING_RATE_DEFAULT,
+    max_steps=MAX_STEPS_DEFAULT,
+    batch_size=BATCH_SIZE_DEFAULT,
+    eval_freq=EVAL_FREQ_DEFAULT,
+    data_dir=None,
+    seed=42,
+    out_dir=None,
+    optimizer='sgd',
+    momentum=0.0,
+    weight_decay=0.0,
+    dropout=0.0,
+    batchnorm='none',
+    init='course',
+    lr_schedule='constant',
+    augment=False,
+    augment_padding=4,
+    validation_size=0,
+    preset=None,
+    overwrite=False,
+):
     """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
     dnn_hidden_units: '100,100'-style string or a list of ints. batchnorm: 'none' or 'numpy'
@@ -113,15 +141,23 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     split = 'validation' if validation_size else 'test'  # what the evaluations use
     run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite, eval_split=split)
     if batchnorm not in ('none', 'numpy'):
-        raise ValueError(f"batchnorm must be one of none, numpy, got {batchnorm!r}.")
+        raise ValueError(f'batchnorm must be one of none, numpy, got {batchnorm!r}.')
     # float32 throughout: half the memory traffic of float64 and twice the BLAS rate.
-    model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES, dtype=np.float32,
-                rng=np.random.default_rng(seed), batchnorm=batchnorm == 'numpy',
-                dropout=dropout, init=init)
+    model = MLP(
+        3 * 32 * 32,
+        dnn_hidden_units,
+        cifar10_utils.N_CLASSES,
+        dtype=np.float32,
+        rng=np.random.default_rng(seed),
+        batchnorm=batchnorm == 'numpy',
+        dropout=dropout,
+        init=init,
+    )
     opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=True, seed=seed,
-                                     validation_size=validation_size)
+    data = cifar10_utils.get_cifar10(
+        data_dir, one_hot=True, seed=seed, validation_size=validation_size
+    )
     train_set = data['train']
     x_eval, y_eval = data[split].images.reshape(data[split].num_examples, -1), data[split].labels
     loss_module = CrossEntropyModule()
@@ -147,13 +183,20 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
             run.stop_at_once()
             test = data['test']
             run.metrics['final_test_accuracy'] = evaluate(
-                model, loss_module, test.images.reshape(test.num_examples, -1), test.labels)[1]
+                model, loss_module, test.images.reshape(test.num_examples, -1), test.labels
+            )[1]
     return run.metrics
 
 
 def build_parser():
-    p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
-                    EVAL_FREQ_DEFAULT, PRESETS)
+    p = make_parser(
+        __doc__,
+        LEARNING_RATE_DEFAULT,
+        MAX_STEPS_DEFAULT,
+        BATCH_SIZE_DEFAULT,
+        EVAL_FREQ_DEFAULT,
+        PRESETS,
+    )
     add_mlp_flags(p, DNN_HIDDEN_UNITS_DEFAULT, {'none': '', 'numpy': 'modules.BatchNormModule'})
     return p
 

@@ -5,6 +5,7 @@
 
 Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
 """
+
 import sys
 
 import torch
@@ -31,18 +32,30 @@ BATCH_SIZE_DEFAULT = 200
 EVAL_FREQ_DEFAULT = 100
 
 PRESETS = {
-    'best': dict(dnn_hidden_units=[1024, 1024], optimizer='adamw', learning_rate=1e-3,
-                 weight_decay=1e-2, dropout=0.2, batchnorm='torch', lr_schedule='onecycle',
-                 augment=True, augment_padding=0, init='kaiming', batch_size=256,
-                 max_steps=5500, eval_freq=500),
+    'best': dict(
+        dnn_hidden_units=[1024, 1024],
+        optimizer='adamw',
+        learning_rate=1e-3,
+        weight_decay=1e-2,
+        dropout=0.2,
+        batchnorm='torch',
+        lr_schedule='onecycle',
+        augment=True,
+        augment_padding=0,
+        init='kaiming',
+        batch_size=256,
+        max_steps=5500,
+        eval_freq=500,
+    ),
 }
 
 
 def make_optimizer(name, params, learning_rate, momentum=0.0, weight_decay=0.0):
     """torch.optim's SGD, Adam or AdamW (whose weight decay is decoupled from the gradient)."""
     if name == 'sgd':
-        return torch.optim.SGD(params, lr=learning_rate, momentum=momentum,
-                               weight_decay=weight_decay)
+        return torch.optim.SGD(
+            params, lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
     if momentum:  # Adam's counterpart is its beta1, not a flag here
         raise ValueError(f'--momentum applies only to --optimizer sgd, not {name}.')
     if name in ('adam', 'adamw'):
@@ -57,7 +70,8 @@ def make_schedule(name, optimizer, max_steps):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_steps)
     if name == 'onecycle':
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=optimizer.param_groups[0]['lr'], total_steps=max_steps)
+            optimizer, max_lr=optimizer.param_groups[0]['lr'], total_steps=max_steps
+        )
     if name != 'constant':
         raise ValueError(f'lr_schedule must be one of constant, cosine, onecycle, got {name!r}.')
     return None
@@ -85,8 +99,8 @@ def evaluate(model, images, labels, device, batch_size=1000):
     total_loss, correct = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start:start + batch_size]).to(device)
-            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            x = torch.from_numpy(images[start : start + batch_size]).to(device)
+            y = torch.from_numpy(labels[start : start + batch_size]).to(device)
             logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction='sum').item()
             correct += (logits.argmax(dim=1) == y).sum().item()
@@ -94,12 +108,30 @@ def evaluate(model, images, labels, device, batch_size=1000):
     return total_loss / len(images), correct / len(images)
 
 
-def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE_DEFAULT,
-          max_steps=MAX_STEPS_DEFAULT, batch_size=BATCH_SIZE_DEFAULT,
-          eval_freq=EVAL_FREQ_DEFAULT, data_dir=None, seed=42, out_dir=None,
-          optimizer='sgd', momentum=0.0, weight_decay=0.0, dropout=0.0, batchnorm='none',
-          activation='relu', init='course', lr_schedule='constant', augment=False,
-          augment_padding=4, device='auto', validation_size=0, preset=None, overwrite=False):
+def train(
+    dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT,
+    learning_rate=LEARNING_RATE_DEFAULT,
+    max_steps=MAX_STEPS_DEFAULT,
+    batch_size=BATCH_SIZE_DEFAULT,
+    eval_freq=EVAL_FREQ_DEFAULT,
+    data_dir=None,
+    seed=42,
+    out_dir=None,
+    optimizer='sgd',
+    momentum=0.0,
+    weight_decay=0.0,
+    dropout=0.0,
+    batchnorm='none',
+    activation='relu',
+    init='course',
+    lr_schedule='constant',
+    augment=False,
+    augment_padding=4,
+    device='auto',
+    validation_size=0,
+    preset=None,
+    overwrite=False,
+):
     """Trains the MLP and returns the metrics written to out_dir/metrics.json.
 
     preset only records which preset the flags came from (main applies it).
@@ -116,12 +148,20 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
     run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite, eval_split=split)
     torch.manual_seed(seed)
     dev = select_device(device)
-    model = MLP(3 * 32 * 32, dnn_hidden_units, cifar10_utils.N_CLASSES,
-                batchnorm=batchnorm, dropout=dropout, activation=activation, init=init).to(dev)
+    model = MLP(
+        3 * 32 * 32,
+        dnn_hidden_units,
+        cifar10_utils.N_CLASSES,
+        batchnorm=batchnorm,
+        dropout=dropout,
+        activation=activation,
+        init=init,
+    ).to(dev)
     opt = make_optimizer(optimizer, model.parameters(), learning_rate, momentum, weight_decay)
     schedule = make_schedule(lr_schedule, opt, max_steps)
-    data = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=seed,
-                                     validation_size=validation_size)
+    data = cifar10_utils.get_cifar10(
+        data_dir, one_hot=False, seed=seed, validation_size=validation_size
+    )
     train_set, eval_set = data['train'], data[split]
 
     with run:
@@ -145,20 +185,39 @@ def train(dnn_hidden_units=DNN_HIDDEN_UNITS_DEFAULT, learning_rate=LEARNING_RATE
         if split == 'validation':  # the test set, once, on the final weights
             run.stop_at_once()
             run.metrics['final_test_accuracy'] = evaluate(
-                model, data['test'].images, data['test'].labels, dev)[1]
+                model, data['test'].images, data['test'].labels, dev
+            )[1]
     return run.metrics
 
 
 def build_parser():
-    p = make_parser(__doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT,
-                    EVAL_FREQ_DEFAULT, PRESETS)
-    add_mlp_flags(p, DNN_HIDDEN_UNITS_DEFAULT, {
-        'none': '', 'torch': 'nn.BatchNorm1d', 'autograd': 'CustomBatchNormAutograd',
-        'manual': 'CustomBatchNormManualModule'})
-    p.add_argument('--activation', choices=tuple(ACTIVATIONS), default='relu',
-                   help='hidden-layer activation')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                   help='auto: CUDA when available')
+    p = make_parser(
+        __doc__,
+        LEARNING_RATE_DEFAULT,
+        MAX_STEPS_DEFAULT,
+        BATCH_SIZE_DEFAULT,
+        EVAL_FREQ_DEFAULT,
+        PRESETS,
+    )
+    add_mlp_flags(
+        p,
+        DNN_HIDDEN_UNITS_DEFAULT,
+        {
+            'none': '',
+            'torch': 'nn.BatchNorm1d',
+            'autograd': 'CustomBatchNormAutograd',
+            'manual': 'CustomBatchNormManualModule',
+        },
+    )
+    p.add_argument(
+        '--activation', choices=tuple(ACTIVATIONS), default='relu', help='hidden-layer activation'
+    )
+    p.add_argument(
+        '--device',
+        choices=('auto', 'cpu', 'cuda'),
+        default='auto',
+        help='auto: CUDA when available',
+    )
     return p
 
 

@@ -1,5 +1,6 @@
 """Chores the train scripts share, none of them the lesson: device choice, the run folder
 (metrics.json, curves.png), the progress bar, Ctrl-C and SIGTERM."""
+
 import contextlib
 import fcntl
 import json
@@ -26,6 +27,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def select_device(name='auto'):
     """'auto': CUDA when there is a GPU, else the CPU; 'cuda' without one: a warning, the CPU."""
     import torch
+
     if name not in ('auto', 'cpu', 'cuda'):
         raise ValueError(f'device must be one of auto, cpu, cuda, got {name!r}.')
     if name != 'cpu' and not torch.cuda.is_available():
@@ -48,8 +50,16 @@ class Run:
     the loss and accuracy on eval_split per evaluation ('validation': the script sets
     final_test_accuracy once, at the end), and the wall time."""
 
-    def __init__(self, script, flags, out_dir=None, max_steps=None, start_step=1,
-                 overwrite=False, eval_split='test'):
+    def __init__(
+        self,
+        script,
+        flags,
+        out_dir=None,
+        max_steps=None,
+        start_step=1,
+        overwrite=False,
+        eval_split='test',
+    ):
         name = os.path.basename(script)
         for key, low in (('max_steps', 1), ('eval_freq', 1), ('seed', 0)):  # from Python
             if not (isinstance(value := flags.get(key, low), int) and value >= low):
@@ -62,17 +72,30 @@ class Run:
         self.stop_requested, self.signal = False, signal.SIGINT
         self.at_once = self.saving = False  # what a signal does now (see _on_signal)
         self.started = time.perf_counter()
-        versions = {m: str(sys.modules[m].__version__) for m in ('numpy', 'torch')
-                    if m in sys.modules}  # str: weights_only loading refuses TorchVersion
+        versions = {
+            m: str(sys.modules[m].__version__) for m in ('numpy', 'torch') if m in sys.modules
+        }  # str: weights_only loading refuses TorchVersion
         argv = flags_to_argv({k: v for k, v in flags.items() if k != 'resume'})  # from step 1
         self.metrics = dict(
-            script=name, out_dir=out_dir, command=['python', name, *argv],
-            flags=flags, status='running', steps=[], train_loss=[], eval_steps=[],
-            eval_split=eval_split, **{f'{eval_split}_loss': [], f'{eval_split}_accuracy': [],
-                                      f'final_{eval_split}_accuracy': None,
-                                      f'best_{eval_split}_accuracy': None},
-            wall_seconds=None, started=datetime.now().isoformat(timespec='seconds'),
-            versions={'python': platform.python_version(), **versions})
+            script=name,
+            out_dir=out_dir,
+            command=['python', name, *argv],
+            flags=flags,
+            status='running',
+            steps=[],
+            train_loss=[],
+            eval_steps=[],
+            eval_split=eval_split,
+            **{
+                f'{eval_split}_loss': [],
+                f'{eval_split}_accuracy': [],
+                f'final_{eval_split}_accuracy': None,
+                f'best_{eval_split}_accuracy': None,
+            },
+            wall_seconds=None,
+            started=datetime.now().isoformat(timespec='seconds'),
+            versions={'python': platform.python_version(), **versions},
+        )
         self.metrics.setdefault('final_test_accuracy', None)  # with validation: at the end
         self._bar_args = dict(total=max_steps, initial=start_step - 1, desc=name[:-3])
 
@@ -98,8 +121,9 @@ class Run:
         self.metrics['steps'].append(step)
         self.metrics['train_loss'].append(float(loss))
         if self.bar is None:  # made here: a run that fails to start shows only its error
-            self.bar = tqdm(unit='step', file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
-                            **self._bar_args)
+            self.bar = tqdm(
+                unit='step', file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **self._bar_args
+            )
         self.bar.update(1)
 
     def log_eval(self, step, loss, accuracy):
@@ -110,8 +134,11 @@ class Run:
         m[f'{split}_accuracy'].append(float(accuracy))
         m[f'final_{split}_accuracy'] = accuracy
         m[f'best_{split}_accuracy'] = max(m[f'{split}_accuracy'])
-        self.bar.write(f'step {step:>6}  train loss {m["train_loss"][-1]:.4f}  {split} loss '
-                       f'{loss:.4f}  {split} accuracy {accuracy:.4f}', file=sys.stderr)
+        self.bar.write(
+            f'step {step:>6}  train loss {m["train_loss"][-1]:.4f}  {split} loss '
+            f'{loss:.4f}  {split} accuracy {accuracy:.4f}',
+            file=sys.stderr,
+        )
         self.save()
 
     def save(self, status=None):
@@ -149,8 +176,10 @@ class Run:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock)
-            raise ValueError(f'--out_dir {self.out_dir} is in use by another run that is still '
-                             'going; wait for it to end, or choose another folder.') from None
+            raise ValueError(
+                f'--out_dir {self.out_dir} is in use by another run that is still '
+                'going; wait for it to end, or choose another folder.'
+            ) from None
 
     def __enter__(self):
         self._claim()
@@ -165,8 +194,13 @@ class Run:
         self.saving = True  # signals wait until the last save is written
         try:
             if kind in (None, KeyboardInterrupt, FloatingPointError):
-                self.save('completed' if kind is None else
-                          'interrupted' if kind is KeyboardInterrupt else 'diverged')
+                self.save(
+                    'completed'
+                    if kind is None
+                    else 'interrupted'
+                    if kind is KeyboardInterrupt
+                    else 'diverged'
+                )
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
@@ -177,9 +211,12 @@ class Run:
             os.close(self._lock)
         if kind is KeyboardInterrupt:
             error.signal = self.signal  # cli's exit status: 128 + its number
-            print(f'Stopped by {signal.Signals(self.signal).name} after step '
-                  f'{(self.metrics["steps"] or [0])[-1]}; metrics so far are in '
-                  f'{self.out_dir}.', file=sys.stderr)
+            print(
+                f'Stopped by {signal.Signals(self.signal).name} after step '
+                f'{(self.metrics["steps"] or [0])[-1]}; metrics so far are in '
+                f'{self.out_dir}.',
+                file=sys.stderr,
+            )
         if kind is FloatingPointError:
             error.args = (f'{error} Metrics up to here are in {self.out_dir}.',)
 
@@ -187,8 +224,10 @@ class Run:
 def check_finite(what, value, step):
     """FloatingPointError, which ends a run as 'diverged', when value (a loss) is not finite."""
     if not math.isfinite(value):
-        raise FloatingPointError(f'The {what} became {float(value)} at step {step}: the run '
-                                 'diverged; lower --learning_rate.')
+        raise FloatingPointError(
+            f'The {what} became {float(value)} at step {step}: the run '
+            'diverged; lower --learning_rate.'
+        )
 
 
 def check_out_dir(out_dir, overwrite=False):
@@ -198,8 +237,10 @@ def check_out_dir(out_dir, overwrite=False):
     if held and not overwrite:
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
         hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))
-        raise ValueError(f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
-                         'or pass --overwrite to replace its files.')
+        raise ValueError(
+            f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
+            'or pass --overwrite to replace its files.'
+        )
     parent = out_dir  # the folder to write in, or the nearest existing one above it
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or '.'
@@ -219,6 +260,7 @@ def plot_curves(metrics, path):
     """A run's loss and accuracy curves as a PNG: drawn here only, for run folders and the
     report alike, without dates or versions in the file (an unchanged run redraws the same)."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
@@ -227,12 +269,17 @@ def plot_curves(metrics, path):
     if len(steps):
         window = max(1, len(loss) // 20)  # a running mean over a twentieth of the run
         ax_loss.plot(steps, loss, color='C0', alpha=0.25, lw=0.8, label='train (per step)')
-        ax_loss.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, 'valid'),
-                     color='C0', label='train (smoothed)')
+        ax_loss.plot(
+            steps[window - 1 :],
+            np.convolve(loss, np.ones(window) / window, 'valid'),
+            color='C0',
+            label='train (smoothed)',
+        )
     split = metrics.get('eval_split', 'test')  # what the evaluations during training used
     if metrics['eval_steps']:
-        ax_loss.plot(metrics['eval_steps'], metrics[f'{split}_loss'], 'o-', color='C1', ms=3,
-                     label=split)
+        ax_loss.plot(
+            metrics['eval_steps'], metrics[f'{split}_loss'], 'o-', color='C1', ms=3, label=split
+        )
         ax_acc.plot(metrics['eval_steps'], metrics[f'{split}_accuracy'], 'o-', color='C1', ms=3)
     ax_loss.set(xlabel='step', ylabel='cross-entropy loss', title='Loss')
     if len(steps):  # a run stopped before its first step has nothing to label
@@ -242,8 +289,9 @@ def plot_curves(metrics, path):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120,
-                                                 metadata={'Software': None}))
+        atomic_write(
+            path, lambda f: fig.savefig(f, format='png', dpi=120, metadata={'Software': None})
+        )
     finally:
         plt.close(fig)
 
@@ -284,17 +332,24 @@ def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, ove
         changed.append('max_steps')
     if changed:
         given = ', '.join(f'--{n} {saved_flags.get(n)}' for n in changed)
-        raise ValueError(f'{resume} was trained with {given}; a resumed run keeps the flags it '
-                         'started with.')
+        raise ValueError(
+            f'{resume} was trained with {given}; a resumed run keeps the flags it started with.'
+        )
     if saved_step > flags['max_steps']:
-        raise ValueError(f'{resume} is at step {saved_step}, beyond --max_steps '
-                         f'{flags["max_steps"]}.')
+        raise ValueError(
+            f'{resume} is at step {saved_step}, beyond --max_steps {flags["max_steps"]}.'
+        )
     folder = os.path.dirname(os.path.abspath(resume))
     evaluated = saved['metrics'].get('eval_steps')
-    if flags['validation_size'] and evaluated and not os.path.exists(
-            os.path.join(folder, best_name)):
-        raise ValueError(f'{resume} has no {best_name} beside it, which the end of its '
-                         'validation run tests; put it back, or start the run again.')
+    if (
+        flags['validation_size']
+        and evaluated
+        and not os.path.exists(os.path.join(folder, best_name))
+    ):
+        raise ValueError(
+            f'{resume} has no {best_name} beside it, which the end of its '
+            'validation run tests; put it back, or start the run again.'
+        )
     out_dir = out_dir or folder
     return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
 
@@ -304,11 +359,21 @@ def continue_run(run, saved_metrics, resume, saved_step, best_name):
     when it goes on in a new folder, the best checkpoint so far (best_name), which the end of
     a validation run tests."""
     split = run.metrics['eval_split']
-    for key in ('started', 'steps', 'train_loss', 'eval_steps', f'{split}_loss',
-                f'{split}_accuracy', f'final_{split}_accuracy', f'best_{split}_accuracy'):
+    for key in (
+        'started',
+        'steps',
+        'train_loss',
+        'eval_steps',
+        f'{split}_loss',
+        f'{split}_accuracy',
+        f'final_{split}_accuracy',
+        f'best_{split}_accuracy',
+    ):
         run.metrics[key] = saved_metrics[key]
-    run.metrics['resumed'] = [*saved_metrics.get('resumed', []),
-                              {'from': resume, 'step': saved_step}]
+    run.metrics['resumed'] = [
+        *saved_metrics.get('resumed', []),
+        {'from': resume, 'step': saved_step},
+    ]
     run.started -= saved_metrics['wall_seconds']
     folder = os.path.dirname(os.path.abspath(resume))
     best = os.path.join(folder, best_name)

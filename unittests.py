@@ -6,6 +6,7 @@ NumPy modules: a check passes when the largest elementwise relative error
 (gradient_check.rel_error) is at most 1e-5. Batch normalization: torch.autograd.gradcheck on
 the manual function, and agreement with torch.nn.BatchNorm1d to 1e-8.
 """
+
 import unittest
 
 import numpy as np
@@ -60,7 +61,6 @@ class GradientCase(unittest.TestCase):
 
 
 class TestLosses(GradientCase):
-
     def test_crossentropy_loss(self):
         n, c = 8, 6
         x = random_probabilities(self.rng, (n, c))
@@ -77,8 +77,9 @@ class TestLosses(GradientCase):
         loss_module = CrossEntropyModule()
         # A zero probability of a wrong class costs nothing; of the right class, a large
         # but finite loss.
-        self.assertAlmostEqual(loss_module.forward(x, np.array([[0.0, 1.0], [1.0, 0.0]])),
-                               np.log(2) / 2, places=12)
+        self.assertAlmostEqual(
+            loss_module.forward(x, np.array([[0.0, 1.0], [1.0, 0.0]])), np.log(2) / 2, places=12
+        )
         loss = loss_module.forward(x, np.array([[1.0, 0.0], [1.0, 0.0]]))
         self.assertTrue(np.isfinite(loss) and loss > 300)
         self.assertTrue(np.all(np.isfinite(loss_module.backward(x, np.eye(2)))))
@@ -103,7 +104,6 @@ class TestLosses(GradientCase):
 
 
 class TestLayers(GradientCase):
-
     def test_linear_forward(self):
         layer = LinearModule(30, 20, rng=self.rng)
         self.assertEqual(layer.params['weight'].shape, (20, 30))
@@ -122,11 +122,13 @@ class TestLayers(GradientCase):
         out = layer.forward(x)
         dout = self.rng.standard_normal(out.shape)
         dx = layer.backward(dout)
-        self.assertGradClose(dx, eval_numerical_gradient_array(layer.forward, x, dout),
-                             'LinearModule dx')
+        self.assertGradClose(
+            dx, eval_numerical_gradient_array(layer.forward, x, dout), 'LinearModule dx'
+        )
         for name in ('weight', 'bias'):
-            num = eval_numerical_gradient_array(lambda _: layer.forward(x),
-                                                layer.params[name], dout)
+            num = eval_numerical_gradient_array(
+                lambda _: layer.forward(x), layer.params[name], dout
+            )
             self.assertGradClose(layer.grads[name], num, f'LinearModule d{name}')
 
     def test_relu_backward(self):
@@ -137,8 +139,9 @@ class TestLayers(GradientCase):
         np.testing.assert_array_equal(out, np.maximum(x, 0))
         dout = self.rng.standard_normal(out.shape)
         dx = relu.backward(dout)
-        self.assertGradClose(dx, eval_numerical_gradient_array(ReLUModule().forward, x, dout),
-                             'ReLUModule dx')
+        self.assertGradClose(
+            dx, eval_numerical_gradient_array(ReLUModule().forward, x, dout), 'ReLUModule dx'
+        )
 
     def test_float32(self):
         x = self.rng.standard_normal((3, 8)).astype(np.float32)
@@ -155,7 +158,6 @@ class TestLayers(GradientCase):
 
 
 class TestBatchNorm(GradientCase):
-
     def make(self, n, d):
         """A batch far from zero mean and unit variance, and a module with non-trivial gamma
         and beta (at gamma = 1, beta = 0 a wrong dgamma or dbeta could still pass)."""
@@ -169,8 +171,9 @@ class TestBatchNorm(GradientCase):
         out = bn.forward(x)
         dout = self.rng.standard_normal(out.shape)
         dx = bn.backward(dout)
-        self.assertGradClose(dx, eval_numerical_gradient_array(bn.forward, x, dout),
-                             f'BatchNormModule dx ({mode})')
+        self.assertGradClose(
+            dx, eval_numerical_gradient_array(bn.forward, x, dout), f'BatchNormModule dx ({mode})'
+        )
         for name in ('gamma', 'beta'):
             num = eval_numerical_gradient_array(lambda _: bn.forward(x), bn.params[name], dout)
             self.assertGradClose(bn.grads[name], num, f'BatchNormModule d{name} ({mode})')
@@ -191,7 +194,6 @@ class TestBatchNorm(GradientCase):
 
 
 class TestDropout(GradientCase):
-
     def test_dropout_backward(self):
         """A fresh module with the same seed draws the same mask, so the numerical gradient
         differentiates the very function whose backward is checked."""
@@ -203,12 +205,12 @@ class TestDropout(GradientCase):
         dout = self.rng.standard_normal(out.shape)
         dx = dropout.backward(dout)
         dx_num = eval_numerical_gradient_array(
-            lambda xx: DropoutModule(p, rng=np.random.default_rng(seed)).forward(xx), x, dout)
+            lambda xx: DropoutModule(p, rng=np.random.default_rng(seed)).forward(xx), x, dout
+        )
         self.assertGradClose(dx, dx_num, 'DropoutModule dx')
 
 
 class TestMLP(GradientCase):
-
     def check_mlp(self, n_hidden, **options):
         n, d, c = 6, 10, 4
         x = self.rng.standard_normal((n, d))
@@ -271,6 +273,7 @@ class TestMLP(GradientCase):
     def test_check_catches_a_wrong_gradient(self):
         """The checks above could fail: a ReLU backward that returns the input value instead
         of its derivative 1 is caught."""
+
         class WrongReLU(ReLUModule):
             def backward(self, dout):
                 return dout * self.out
@@ -279,8 +282,9 @@ class TestMLP(GradientCase):
         dout = self.rng.standard_normal((4, 5))
         relu = WrongReLU()
         relu.forward(x)
-        err = rel_error(relu.backward(dout), eval_numerical_gradient_array(
-            ReLUModule().forward, x, dout))
+        err = rel_error(
+            relu.backward(dout), eval_numerical_gradient_array(ReLUModule().forward, x, dout)
+        )
         self.assertGreater(err, 1e-2)
 
 
@@ -294,8 +298,9 @@ class TestConvolution(GradientCase):
         out = module.forward(x)
         dout = self.rng.standard_normal(out.shape)
         dx = module.backward(dout)
-        self.assertGradClose(dx, eval_numerical_gradient_array(module.forward, x, dout),
-                             f'{what} dx')
+        self.assertGradClose(
+            dx, eval_numerical_gradient_array(module.forward, x, dout), f'{what} dx'
+        )
         for name, p in getattr(module, 'params', {}).items():
             num = eval_numerical_gradient_array(lambda _: module.forward(x), p, dout)
             self.assertGradClose(module.grads[name], num, f'{what} d{name}')
@@ -316,8 +321,12 @@ class TestConvolution(GradientCase):
         for stride, padding in ((1, 1), (2, 1), (2, 0)):
             conv = Conv2dModule(3, 4, 3, stride, padding, rng=self.rng)
             want = torch.nn.functional.conv2d(
-                torch.from_numpy(x), torch.from_numpy(conv.params['weight']),
-                torch.from_numpy(conv.params['bias']), stride=stride, padding=padding)
+                torch.from_numpy(x),
+                torch.from_numpy(conv.params['weight']),
+                torch.from_numpy(conv.params['bias']),
+                stride=stride,
+                padding=padding,
+            )
             np.testing.assert_allclose(conv.forward(x), want.numpy(), rtol=1e-12, atol=1e-12)
 
     def test_maxpool_backward(self):

@@ -5,6 +5,7 @@ Unchanged runs give byte-identical files. A run's curves are train_utils.plot_cu
 grid's table and heatmap gridsearch.py's; only the comparison of all runs is drawn here. Exit
 status: 0 done (also without LaTeX), 1 a run is missing or a rerun or LaTeX failed, 2 runs.json
 or a flag is wrong."""
+
 import contextlib
 import importlib
 import io
@@ -33,26 +34,53 @@ from train_utils import plot_curves  # noqa: E402
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
 NUMBER, OR_NULL = (int, float), (int, float, type(None))
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
-SHAPES = {'metrics.json': {**dict.fromkeys(SERIES, list), 'flags': dict, 'status': str,
-                           'command': list, 'device': (str, type(None)), 'wall_seconds': OR_NULL,
-                           'final_test_accuracy': OR_NULL, 'best_test_accuracy': OR_NULL},
-          'best.json': {'best_params': dict, 'best_cv_score': NUMBER, 'cv': int, 'n_train': int,
-                        'max_epochs': int, 'test_accuracy': OR_NULL, 'command': list}}
+SHAPES = {
+    'metrics.json': {
+        **dict.fromkeys(SERIES, list),
+        'flags': dict,
+        'status': str,
+        'command': list,
+        'device': (str, type(None)),
+        'wall_seconds': OR_NULL,
+        'final_test_accuracy': OR_NULL,
+        'best_test_accuracy': OR_NULL,
+    },
+    'best.json': {
+        'best_params': dict,
+        'best_cv_score': NUMBER,
+        'cv': int,
+        'n_train': int,
+        'max_epochs': int,
+        'test_accuracy': OR_NULL,
+        'command': list,
+    },
+}
 # The comparison is drawn at report.tex's text width (6.3 in): 8-9 pt here is 8-9 pt on paper.
-STYLE = {'font.size': 9, 'axes.titlesize': 9, 'xtick.labelsize': 8, 'ytick.labelsize': 8,
-         'axes.spines.top': False, 'axes.spines.right': False}
+STYLE = {
+    'font.size': 9,
+    'axes.titlesize': 9,
+    'xtick.labelsize': 8,
+    'ytick.labelsize': 8,
+    'axes.spines.top': False,
+    'axes.spines.right': False,
+}
 # The scripts --rerun may run: a recorded command names one of them, or is refused.
-SCRIPTS = ('train_mlp_numpy.py', 'train_mlp_pytorch.py', 'train_convnet_numpy.py',
-           'train_convnet_pytorch.py', 'gridsearch.py')
+SCRIPTS = (
+    'train_mlp_numpy.py',
+    'train_mlp_pytorch.py',
+    'train_convnet_numpy.py',
+    'train_convnet_pytorch.py',
+    'gridsearch.py',
+)
 # folders: every folder once
-Config = namedtuple('Config', 'runs grid modifications seeds convnet changes numpy_convnet '
-                               'folders')
+Config = namedtuple('Config', 'runs grid modifications seeds convnet changes numpy_convnet folders')
 
 
 @dataclass
 class Run:
     """A folder the report reads: a train script's run or, with record='best.json', the grid.
     command: runs.json's; data: the loaded record, None while missing (problem says why)."""
+
     name: str
     label: str
     path: str  # as runs.json spells it (relative to ROOT), for messages
@@ -99,8 +127,10 @@ def shape_problem(data, record):
         return 'is not a JSON object'
     # A run evaluated on a validation split has validation_* series; the test set once, after.
     split = f'{data.get("eval_split", "test")}_'
-    shapes = {k if k == 'final_test_accuracy' else k.replace('test_', split): kind
-              for k, kind in SHAPES[record].items()}
+    shapes = {
+        k if k == 'final_test_accuracy' else k.replace('test_', split): kind
+        for k, kind in SHAPES[record].items()
+    }
     if wrong := [key for key, kind in shapes.items() if not isinstance(data.get(key), kind)]:
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
     if not all(isinstance(arg, str) for arg in data['command']):
@@ -115,6 +145,7 @@ def shape_problem(data, record):
 
 def load_config(runs_path):
     """Parses runs.json into a Config; ReportError (exit 2) says what is wrong with it."""
+
     def folder(entry, where, name=None, record='metrics.json'):
         if not isinstance(entry, dict) or not isinstance(entry.get('path'), str):
             kind = 'grid' if record == 'best.json' else 'run'
@@ -125,8 +156,14 @@ def load_config(runs_path):
         # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
         # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
         name = name or os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
-        return Run(name, str(entry.get('label', name)), entry['path'], command, record,
-                   time=entry.get('time') and str(entry['time']))
+        return Run(
+            name,
+            str(entry.get('label', name)),
+            entry['path'],
+            command,
+            record,
+            time=entry.get('time') and str(entry['time']),
+        )
 
     def shared(run):  # a folder runs.json names twice is one Run, read once
         return folders.setdefault(os.path.normpath(run.path), run)
@@ -136,40 +173,61 @@ def load_config(runs_path):
         with open(runs_path) as f:
             raw = json.load(f)
     except (OSError, ValueError) as e:  # no such file, or not JSON
-        raise ReportError(f'cannot read {runs_path} ({getattr(e, "strerror", None) or e}); pass '
-                          f'--runs with the file that names the runs.', 2) from None
-    if not (isinstance(raw, dict) and isinstance(raw.get('runs'), dict)
-            and isinstance(raw.get('modifications', []), list)):
-        raise ReportError(f'{runs_path}: expected {{"runs": {{NAME: {{"path": ...}}}}, '
-                          f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.', 2)
+        raise ReportError(
+            f'cannot read {runs_path} ({getattr(e, "strerror", None) or e}); pass '
+            f'--runs with the file that names the runs.',
+            2,
+        ) from None
+    if not (
+        isinstance(raw, dict)
+        and isinstance(raw.get('runs'), dict)
+        and isinstance(raw.get('modifications', []), list)
+    ):
+        raise ReportError(
+            f'{runs_path}: expected {{"runs": {{NAME: {{"path": ...}}}}, '
+            f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.',
+            2,
+        )
     runs = {name: folder(entry, f'runs.{name}', name) for name, entry in raw['runs'].items()}
     folders = {os.path.normpath(run.path): run for run in runs.values()}
     modifications = []  # (label, PyTorch run, {'numpy': its NumPy twin, 'validation': ...})
     for i, entry in enumerate(raw.get('modifications', [])):
         row = folder(entry, f'modifications[{i}]')
-        twins = {key: folder(entry[key], f'modifications[{i}].{key}')
-                 for key in ('numpy', 'validation') if key in entry}
-        modifications.append((row.label, shared(row),
-                              {key: shared(twin) for key, twin in twins.items()}))
+        twins = {
+            key: folder(entry[key], f'modifications[{i}].{key}')
+            for key in ('numpy', 'validation')
+            if key in entry
+        }
+        modifications.append(
+            (row.label, shared(row), {key: shared(twin) for key, twin in twins.items()})
+        )
     seeds = []  # (label, [the same command's runs with other seeds])
     for i, entry in enumerate(raw.get('seeds', [])):
         paths = entry.get('paths') if isinstance(entry, dict) else None
         if not (isinstance(paths, list) and len(paths) > 1):
             raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run folders.', 2)
-        seeds.append((str(entry.get('label', i)),
-                      [shared(folder({'path': path}, f'seeds[{i}]')) for path in paths]))
+        seeds.append(
+            (
+                str(entry.get('label', i)),
+                [shared(folder({'path': path}, f'seeds[{i}]')) for path in paths],
+            )
+        )
     for key in ('convnet_ladder', 'numpy_convnet'):
         if unknown := [n for n in raw.get(key, []) if n not in runs]:
-            raise ReportError(f'{runs_path}: {key} names {unknown[0]!r}, which is not one of '
-                              '"runs".', 2)
-    changes = [folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
-               for i, entry in enumerate(raw.get('convnet_changes', []))]
+            raise ReportError(
+                f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
+            )
+    changes = [
+        folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
+        for i, entry in enumerate(raw.get('convnet_changes', []))
+    ]
     changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
     convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
     numpy_convnet = [runs[n] for n in raw.get('numpy_convnet', [])]
-    return Config(runs, grid, modifications, seeds, convnet, changes, numpy_convnet,
-                  [*folders.values(), grid])
+    return Config(
+        runs, grid, modifications, seeds, convnet, changes, numpy_convnet, [*folders.values(), grid]
+    )
 
 
 def safe_command(run):
@@ -181,17 +239,21 @@ def safe_command(run):
     if not command:
         raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
     if not (len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in SCRIPTS):
-        raise ReportError(f'--rerun: {run.name} records the command {shlex.join(command)!r}, '
-                          f'which is not python running one of {", ".join(SCRIPTS)}; it was not '
-                          'run.')
+        raise ReportError(
+            f'--rerun: {run.name} records the command {shlex.join(command)!r}, '
+            f'which is not python running one of {", ".join(SCRIPTS)}; it was not '
+            'run.'
+        )
     script, flags = command[1], command[2:]
     parser = importlib.import_module(script.removesuffix('.py')).build_parser()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # argparse's own message: ours below
             parser.parse_args(flags)
     except SystemExit:
-        raise ReportError(f'--rerun: {run.name} records flags that {script} does not accept '
-                          f'({shlex.join(flags)}); it was not run.') from None
+        raise ReportError(
+            f'--rerun: {run.name} records flags that {script} does not accept '
+            f'({shlex.join(flags)}); it was not run.'
+        ) from None
     return [sys.executable, os.path.join(ROOT, script), *flags, '--overwrite']
 
 
@@ -199,8 +261,11 @@ def rerun(config, names):
     """Reruns the folders named (all when names is empty), one after another, from ROOT."""
     targets = {run.name: run for run in config.folders if not names or run.name in names}
     if unknown := [name for name in names if name not in targets]:
-        raise ReportError(f'--rerun: unknown run(s) {", ".join(unknown)}; the runs are '
-                          f'{", ".join(run.name for run in config.folders)}.', 2)
+        raise ReportError(
+            f'--rerun: unknown run(s) {", ".join(unknown)}; the runs are '
+            f'{", ".join(run.name for run in config.folders)}.',
+            2,
+        )
     for name, run in targets.items():
         run.load()
         command = safe_command(run)
@@ -213,13 +278,22 @@ def write_figures(config, out):
     """figures/: curves_NAME.png (plot_curves's), gridsearch_heatmap.png, comparison.{pdf,png}."""
     os.makedirs(out, exist_ok=True)
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     def placeholder(path, text):  # says what is missing, where the report shows a figure
         fig = plt.figure(figsize=(6.3, 2.0))
-        fig.text(0.5, 0.5, text, ha='center', va='center', color='0.35', fontsize=10,
-                 bbox=dict(boxstyle='round,pad=0.6', facecolor='0.95', edgecolor='0.7', ls='--'))
+        fig.text(
+            0.5,
+            0.5,
+            text,
+            ha='center',
+            va='center',
+            color='0.35',
+            fontsize=10,
+            bbox=dict(boxstyle='round,pad=0.6', facecolor='0.95', edgecolor='0.7', ls='--'),
+        )
         write(path, fig)
 
     for run in config.runs.values():
@@ -241,15 +315,25 @@ def write_figures(config, out):
             m, c = run.data, f'C{i % 10}'
             epochs = np.asarray(m['eval_steps']) * (m['flags'].get('batch_size') or 50000) / 50000
             split = m.get('eval_split', 'test')  # validation: dashed, tested once at the end
-            ax_curve.plot(epochs, m[f'{split}_accuracy'], 'o--' if split != 'test' else 'o-',
-                          ms=2.5, lw=1.2, c=c, label=run.label)
+            ax_curve.plot(
+                epochs,
+                m[f'{split}_accuracy'],
+                'o--' if split != 'test' else 'o-',
+                ms=2.5,
+                lw=1.2,
+                c=c,
+                label=run.label,
+            )
             final, best = m['final_test_accuracy'], m.get('best_pt_test_accuracy')
             ax_bar.barh(y, final, color=c, alpha=0.85)
             if best is not None:  # best.pt, chosen on validation; the caption explains the tick
                 ax_bar.plot(best, y, 'k|', ms=12, mew=1.5)
             ax_bar.text(max(final, best or 0) + 0.015, y, f'{final:.3f}', va='center', fontsize=8)
-        ax_curve.set(xlabel='epochs (steps x batch size / 50,000)', ylabel='test accuracy',
-                     title='Test accuracy during training')
+        ax_curve.set(
+            xlabel='epochs (steps x batch size / 50,000)',
+            ylabel='test accuracy',
+            title='Test accuracy during training',
+        )
         if ax_curve.lines:
             ax_curve.legend(frameon=False, loc='lower right', fontsize=7)
         ax_bar.set_yticks(ys, [r.label + ' (missing)' * r.missing for r in runs])
@@ -276,12 +360,20 @@ def numpy_convnet_figure(runs, plt):
             m, c = run.data, f'C{i}'
             label = f'{run.label} ({run_row(run)[3]})'
             loss, window = np.asarray(m['train_loss']), max(1, len(m['train_loss']) // 20)
-            ax_loss.plot(m['steps'][window - 1:], np.convolve(loss, np.ones(window) / window,
-                                                             'valid'), c=c, lw=1, label=label)
+            ax_loss.plot(
+                m['steps'][window - 1 :],
+                np.convolve(loss, np.ones(window) / window, 'valid'),
+                c=c,
+                lw=1,
+                label=label,
+            )
             ax_loss.plot(m['eval_steps'], m['test_loss'], 'o--', c=c, ms=2.5, lw=0.8)
             ax_acc.plot(m['eval_steps'], m['test_accuracy'], 'o-', c=c, ms=2.5, lw=1.2)
-        ax_loss.set(xlabel='step', ylabel='cross-entropy loss',
-                    title='Training loss (smoothed) and test loss (dashed)')
+        ax_loss.set(
+            xlabel='step',
+            ylabel='cross-entropy loss',
+            title='Training loss (smoothed) and test loss (dashed)',
+        )
         ax_acc.set(xlabel='step', ylabel='test accuracy', title='Test accuracy')
         if ax_loss.lines:
             ax_loss.legend(frameon=False, fontsize=7)
@@ -294,22 +386,38 @@ def numpy_convnet_figure(runs, plt):
 def build_pdf(out_dir):
     """Builds out_dir/report.pdf from its report.tex: what to tell the user, or ReportError."""
     if not shutil.which('pdflatex'):
-        return ('report.pdf not built: pdflatex is not installed (to build it: apt-get install '
-                'texlive-latex-base texlive-latex-recommended texlive-fonts-recommended).')
+        return (
+            'report.pdf not built: pdflatex is not installed (to build it: apt-get install '
+            'texlive-latex-base texlive-latex-recommended texlive-fonts-recommended).'
+        )
     # A fixed date (and report.tex sets no /ID): unchanged runs give a byte-identical PDF.
     env = {'SOURCE_DATE_EPOCH': '0', **os.environ, 'FORCE_SOURCE_DATE': '1'}
     with tempfile.TemporaryDirectory() as build:  # by-products: out_dir gets a whole PDF only
         for _ in range(2):  # the second pass resolves references
-            result = subprocess.run(['pdflatex', '-interaction=nonstopmode', '-halt-on-error',
-                                     f'-output-directory={build}', 'report.tex'], cwd=out_dir,
-                                    env=env, capture_output=True, text=True, errors='replace')
+            result = subprocess.run(
+                [
+                    'pdflatex',
+                    '-interaction=nonstopmode',
+                    '-halt-on-error',
+                    f'-output-directory={build}',
+                    'report.tex',
+                ],
+                cwd=out_dir,
+                env=env,
+                capture_output=True,
+                text=True,
+                errors='replace',
+            )
             if result.returncode != 0:
                 log = os.path.join(out_dir, 'report.log')
                 shutil.copyfile(os.path.join(build, 'report.log'), log)
-                error = next((line.strip() for line in result.stdout.splitlines()
-                              if line.startswith('!')), 'see the log')
-                raise ReportError(f'LaTeX failed building report.pdf ({error}); the full log '
-                                  f'is {log}.')
+                error = next(
+                    (line.strip() for line in result.stdout.splitlines() if line.startswith('!')),
+                    'see the log',
+                )
+                raise ReportError(
+                    f'LaTeX failed building report.pdf ({error}); the full log is {log}.'
+                )
         write(os.path.join(out_dir, 'report.pdf'), Path(build, 'report.pdf'))
     return f'built {os.path.join(out_dir, "report.pdf")}'
 
@@ -317,12 +425,20 @@ def build_pdf(out_dir):
 def main(argv=None):
     p = ArgumentParser(prog='make_report.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--runs', default=os.path.join(REPORT_DIR, 'runs.json'), help='the runs to read')
-    p.add_argument('--out_dir', default=REPORT_DIR,
-                   help='where figures/, tables/ and report.pdf go')
-    p.add_argument('--rerun', nargs='*', metavar='NAME',
-                   help='first rerun every run (or those named) with its recorded command')
-    p.add_argument('--allow-missing', action='store_true',
-                   help='draw "run missing" placeholders for missing runs instead of failing')
+    p.add_argument(
+        '--out_dir', default=REPORT_DIR, help='where figures/, tables/ and report.pdf go'
+    )
+    p.add_argument(
+        '--rerun',
+        nargs='*',
+        metavar='NAME',
+        help='first rerun every run (or those named) with its recorded command',
+    )
+    p.add_argument(
+        '--allow-missing',
+        action='store_true',
+        help='draw "run missing" placeholders for missing runs instead of failing',
+    )
     p.add_argument('--no-pdf', action='store_true', help='figures and tables only, no PDF')
     args = p.parse_args(argv)
     out_dir = os.path.abspath(args.out_dir)
@@ -334,15 +450,23 @@ def main(argv=None):
             run.load()
             if run.missing:
                 how = run.command and f'; produce it with:\n    {shlex.join(run.rerun_command())}'
-                print(f'make_report: {"warning" if args.allow_missing else "error"}: run '
-                      f'{run.name!r} is missing ({run.problem}){how or ""}', file=sys.stderr)
+                print(
+                    f'make_report: {"warning" if args.allow_missing else "error"}: run '
+                    f'{run.name!r} is missing ({run.problem}){how or ""}',
+                    file=sys.stderr,
+                )
             elif run.record == 'metrics.json' and status_note(run.data):
-                print(f'make_report: warning: run {run.name!r} {status_note(run.data)}; the report '
-                      f'shows it as far as it got.', file=sys.stderr)
+                print(
+                    f'make_report: warning: run {run.name!r} {status_note(run.data)}; the report '
+                    f'shows it as far as it got.',
+                    file=sys.stderr,
+                )
         missing = sum(run.missing for run in config.folders)
         if missing and not args.allow_missing:
-            raise ReportError(f'{missing} run(s) missing; run the command(s) above (or pass '
-                              f'--rerun), or --allow-missing to draw placeholders instead.')
+            raise ReportError(
+                f'{missing} run(s) missing; run the command(s) above (or pass '
+                f'--rerun), or --allow-missing to draw placeholders instead.'
+            )
         write_figures(config, os.path.join(out_dir, 'figures'))
         write_tables(config, os.path.join(out_dir, 'tables'))
         print(f'make_report: figures in {out_dir}/figures, tables in {out_dir}/tables')

@@ -1,5 +1,6 @@
 """The report's tables and the values report.tex quotes (tables/), written from the runs
 make_report.py loaded; and write(), through which every file of the report is written."""
+
 import csv
 import math
 import os
@@ -12,15 +13,24 @@ import numpy as np
 from tabulate import tabulate
 
 # No dates or versions in the figures: unchanged runs give byte-identical files.
-METADATA = {'pdf': {'CreationDate': None, 'Producer': None, 'Creator': None},
-            'png': {'Software': None}}
+METADATA = {
+    'pdf': {'CreationDate': None, 'Producer': None, 'Creator': None},
+    'png': {'Software': None},
+}
 
-TEX_SPECIAL = str.maketrans({'\\': r'\textbackslash{}', '~': r'\textasciitilde{}',
-                             '^': r'\textasciicircum{}', **{c: '\\' + c for c in '&%$#_{}'}})
+TEX_SPECIAL = str.maketrans(
+    {
+        '\\': r'\textbackslash{}',
+        '~': r'\textasciitilde{}',
+        '^': r'\textasciicircum{}',
+        **{c: '\\' + c for c in '&%$#_{}'},
+    }
+)
 
 
 class ReportError(Exception):
     """Something a user can fix; the message says what. exit_code: the process's status."""
+
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
@@ -29,8 +39,11 @@ class ReportError(Exception):
 def tex(text, tt=False):
     """Plain text -> LaTeX (-- kept apart, not an en dash); tt: \\texttt, breaking after / and _."""
     text = str(text).translate(TEX_SPECIAL).replace('--', '-{}-').replace('--', '-{}-')
-    return r'\texttt{' + text.replace('/', r'/\allowbreak{}').replace(
-        '\\_', r'\_\allowbreak{}') + '}' if tt else text
+    return (
+        r'\texttt{' + text.replace('/', r'/\allowbreak{}').replace('\\_', r'\_\allowbreak{}') + '}'
+        if tt
+        else text
+    )
 
 
 def status_note(m):
@@ -47,11 +60,24 @@ def run_row(run):
         return ['missing', '--', '--', '--', '--']
     m, s, status = run.data, run.data['wall_seconds'], run.data['status']
     steps = str((m['steps'] or [0])[-1]) + ('' if status == 'completed' else f' ({status})')
-    time = run.time or ('--' if s is None or not np.isfinite(s) else f'{s:.0f} s' if s < 100
-                        else f'{s / 60:.1f} min' if s < 6000 else f'{s / 3600:.1f} h')
-    return [*('--' if v is None else f'{v:.3f}'
-              for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))),
-            steps, time, m.get('device') or 'cpu']
+    time = run.time or (
+        '--'
+        if s is None or not np.isfinite(s)
+        else f'{s:.0f} s'
+        if s < 100
+        else f'{s / 60:.1f} min'
+        if s < 6000
+        else f'{s / 3600:.1f} h'
+    )
+    return [
+        *(
+            '--' if v is None else f'{v:.3f}'
+            for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))
+        ),
+        steps,
+        time,
+        m.get('device') or 'cpu',
+    ]
 
 
 def time_v(run):
@@ -82,12 +108,14 @@ def losses(m):
     tenth of the steps, the evaluation loss at the first evaluation, at its lowest and at the
     end."""
     train, evals = m['train_loss'], m[f'{m.get("eval_split", "test")}_loss']
-    tail = train[-max(1, len(train) // 10):]
-    return {'firstloss': f'{train[0]:.1f}' if train else '--',
-            'trainloss': f'{np.mean(tail):.2f}' if train else '--',
-            'firstevalloss': f'{evals[0]:.2f}' if evals else '--',
-            'minevalloss': f'{min(evals):.2f}' if evals else '--',
-            'evalloss': f'{evals[-1]:.2f}' if evals else '--'}
+    tail = train[-max(1, len(train) // 10) :]
+    return {
+        'firstloss': f'{train[0]:.1f}' if train else '--',
+        'trainloss': f'{np.mean(tail):.2f}' if train else '--',
+        'firstevalloss': f'{evals[0]:.2f}' if evals else '--',
+        'minevalloss': f'{min(evals):.2f}' if evals else '--',
+        'evalloss': f'{evals[-1]:.2f}' if evals else '--',
+    }
 
 
 def run_facts(m):
@@ -107,11 +135,15 @@ def summary(run):
         return r'\textbf{Run missing} (' + tex(run.problem) + ').'
     if run.record == 'best.json':
         params = ', '.join(f'{k}={v}' for k, v in m['best_params'].items())
-        refit = '' if m['test_accuracy'] is None else (
-            f'; test accuracy after refitting on the whole training set {m["test_accuracy"]:.3f}')
-        return (f'{m["cv"]}-fold cross-validation on {m["n_train"]} training images, '
-                f'{m["max_epochs"]} epochs per fit; best setting {tex(params, tt=True)}; its '
-                f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.')
+        refit = ''
+        if m['test_accuracy'] is not None:
+            refit = '; test accuracy after refitting on the whole training set '
+            refit += f'{m["test_accuracy"]:.3f}'
+        return (
+            f'{m["cv"]}-fold cross-validation on {m["n_train"]} training images, '
+            f'{m["max_epochs"]} epochs per fit; best setting {tex(params, tt=True)}; its '
+            f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.'
+        )
     final, best, _, time, device = run_row(run)
     time = f', {time} on {tex(device)}' if m['wall_seconds'] is not None else ''
     note = status_note(m) and r' \textbf{Run ' + tex(status_note(m)) + '.}'
@@ -122,92 +154,197 @@ def summary(run):
 def write_tables(config, out):
     """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
     modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
+
     def table(name, colspec, head, rows):  # NAME.tex, booktabs; head in LaTeX, rows plain text
-        write(f'{out}/{name}.tex', '\n'.join([
-            f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head) + r' \\',
-            r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows), r'\bottomrule',
-            r'\end{tabular}']) + '\n')
+        write(
+            f'{out}/{name}.tex',
+            '\n'.join(
+                [
+                    f'\\begin{{tabular}}{{{colspec}}}',
+                    r'\toprule',
+                    ' & '.join(head) + r' \\',
+                    r'\midrule',
+                    *(' & '.join(map(tex, r)) + r' \\' for r in rows),
+                    r'\bottomrule',
+                    r'\end{tabular}',
+                ]
+            )
+            + '\n',
+        )
 
     def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
-        return ' '.join(f'no --{k}' if v is None or v is False else f'--{k}' if v is True else
-                        f'--{k} ' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
-                        for k, v in flags.items() if base.get(k) != v
-                        and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
-                        and not (k not in base and v in (None, False, 0))) or '(none)'
+        return (
+            ' '.join(
+                f'no --{k}'
+                if v is None or v is False
+                else f'--{k}'
+                if v is True
+                else f'--{k} ' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
+                for k, v in flags.items()
+                if base.get(k) != v
+                and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
+                and not (k not in base and v in (None, False, 0))
+            )
+            or '(none)'
+        )
 
     os.makedirs(out, exist_ok=True)
     define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
     values = []  # every folder's, named as in runs.json or by its path under report/runs/
     for r in config.folders[:-1]:
-        values += [(r.name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
-                   *((r.name, k, v) for k, v in ({} if r.missing else losses(r.data)).items()),
-                   *((r.name, k, v) for k, v in ({} if r.missing else run_facts(r.data)).items())]
+        values += [
+            (r.name, 'final', r'\textbf{missing}' if r.missing else run_row(r)[0]),
+            *((r.name, k, v) for k, v in ({} if r.missing else losses(r.data)).items()),
+            *((r.name, k, v) for k, v in ({} if r.missing else run_facts(r.data)).items()),
+        ]
     if not config.grid.missing:  # the best setting's CV score, its spread, the refit's test
         m = config.grid.data
-        values += [('gridsearch', k, '--' if v is None else f'{v:.3f}') for k, v in (
-            ('cv', m['best_cv_score']), ('cvstd', m.get('best_cv_std')),
-            ('refit', m['test_accuracy']))]
+        values += [
+            ('gridsearch', k, '--' if v is None else f'{v:.3f}')
+            for k, v in (
+                ('cv', m['best_cv_score']),
+                ('cvstd', m.get('best_cv_std')),
+                ('refit', m['test_accuracy']),
+            )
+        ]
     if os.path.isfile(config.grid.file('cv_results.csv')):  # settings at chance (0.10)
         with open(config.grid.file('cv_results.csv')) as f:
             scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
         values.append(('gridsearch', 'chance', f'{sum(x < 0.11 for x in scores)} of {len(scores)}'))
     if ratios := numpy_convnet_ratios(config):
-        values += [('numpy_convnet', 'timeratio', ratios[0]),
-                   ('numpy_convnet', 'memoryratio', ratios[1])]
-    write(f'{out}/runs.tex', '\n'.join([
-        '% Generated by report/make_report.py from the runs in runs.json; do not edit.',
-        *(define(*v) for v in values),
-        *(define(r.name, 'summary', summary(r)) for r in [*config.runs.values(), config.grid])])
-          + '\n')
+        values += [
+            ('numpy_convnet', 'timeratio', ratios[0]),
+            ('numpy_convnet', 'memoryratio', ratios[1]),
+        ]
+    write(
+        f'{out}/runs.tex',
+        '\n'.join(
+            [
+                '% Generated by report/make_report.py from the runs in runs.json; do not edit.',
+                *(define(*v) for v in values),
+                *(
+                    define(r.name, 'summary', summary(r))
+                    for r in [*config.runs.values(), config.grid]
+                ),
+            ]
+        )
+        + '\n',
+    )
 
     runs, head = config.runs.values(), ['final test accuracy', 'best.pt test accuracy', 'steps']
     short = ['final acc.', 'best.pt', 'steps', 'time']  # the LaTeX tables' narrower head
     table('results', 'lrrrrl', ['model', *short, 'device'], [[r.label, *run_row(r)] for r in runs])
-    write(f'{out}/results.md', tabulate(
-        [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
-        ['model', 'command', *head, 'time', 'device'], 'github', disable_numparse=True) + '\n')
+    write(
+        f'{out}/results.md',
+        tabulate(
+            [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
+            ['model', 'command', *head, 'time', 'device'],
+            'github',
+            disable_numparse=True,
+        )
+        + '\n',
+    )
 
     base = config.modifications[0][1] if config.modifications else None
-    rows = [[label, '(baseline)' if i == 0 else '--' if run.missing or base.missing else
-             flag_changes(run.data['flags'], base.data['flags']), *run_row(run)[:3:2]]
-            for i, (label, run, _) in enumerate(config.modifications)]
+    rows = [
+        [
+            label,
+            '(baseline)'
+            if i == 0
+            else '--'
+            if run.missing or base.missing
+            else flag_changes(run.data['flags'], base.data['flags']),
+            *run_row(run)[:3:2],
+        ]
+        for i, (label, run, _) in enumerate(config.modifications)
+    ]
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
-    table('modifications', r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
-          r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
-          ['modification', r'\normalfont flags changed', *short[:3:2]], rows)
-    write(f'{out}/modifications.md', tabulate(
-        [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
-        ['modification', 'flags changed', *head[::2]], 'github', disable_numparse=True) + '\n')
+    table(
+        'modifications',
+        r'@{}>{\raggedright\arraybackslash}p{3.3cm}'
+        r'>{\raggedright\arraybackslash\footnotesize\ttfamily}p{6.2cm}rr@{}',
+        ['modification', r'\normalfont flags changed', *short[:3:2]],
+        rows,
+    )
+    write(
+        f'{out}/modifications.md',
+        tabulate(
+            [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
+            ['modification', 'flags changed', *head[::2]],
+            'github',
+            disable_numparse=True,
+        )
+        + '\n',
+    )
 
     # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.
-    table('numpy_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
-          ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
-          [[label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
-           for label, run, twins in config.modifications if 'numpy' in twins])
+    table(
+        'numpy_ladder',
+        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrrr@{}',
+        ['modification', 'PyTorch', 'NumPy', 'steps', 'NumPy time'],
+        [
+            [label, run_row(run)[0], *(run_row(twins['numpy'])[i] for i in (0, 2, 3))]
+            for label, run, twins in config.modifications
+            if 'numpy' in twins
+        ],
+    )
     # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
-    table('validation_ladder', r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
-          ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
-          [[twin.label.removeprefix('validation: '), *(
-              'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
-              for k in ('final_validation_accuracy', 'final_test_accuracy')), run_row(run)[0]]
-           for _, run, twins in config.modifications if 'validation' in twins
-           for twin in [twins['validation']] for m in [twin.data]])
+    table(
+        'validation_ladder',
+        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
+        ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
+        [
+            [
+                twin.label.removeprefix('validation: '),
+                *(
+                    'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
+                    for k in ('final_validation_accuracy', 'final_test_accuracy')
+                ),
+                run_row(run)[0],
+            ]
+            for _, run, twins in config.modifications
+            if 'validation' in twins
+            for twin in [twins['validation']]
+            for m in [twin.data]
+        ],
+    )
 
     # Table 1's network from the course's defaults to --preset fast, one row a run.
-    table('fast', '@{}lrrrr@{}', ['run', *short],
-          [[run.label, *run_row(run)[:4]] for run in config.convnet])
+    table(
+        'fast',
+        '@{}lrrrr@{}',
+        ['run', *short],
+        [[run.label, *run_row(run)[:4]] for run in config.convnet],
+    )
     # And one change a row, each run judged on its validation split and tested once.
-    table('changes', '@{}lrrrr@{}', ['change', 'validation', 'test, once', 'steps', 'time'], [
-        [label, '--' if run.missing or 'final_validation_accuracy' not in run.data else
-         f'{run.data["final_validation_accuracy"]:.3f}', *(run_row(run)[i] for i in (0, 2, 3))]
-        for label, run in config.changes])
+    table(
+        'changes',
+        '@{}lrrrr@{}',
+        ['change', 'validation', 'test, once', 'steps', 'time'],
+        [
+            [
+                label,
+                '--'
+                if run.missing or 'final_validation_accuracy' not in run.data
+                else f'{run.data["final_validation_accuracy"]:.3f}',
+                *(run_row(run)[i] for i in (0, 2, 3)),
+            ]
+            for label, run in config.changes
+        ],
+    )
 
     # Table 1's network by hand in NumPy beside PyTorch: accuracy, time and memory, and ratios.
     rows = []
     for r in config.numpy_convnet:
         elapsed, gb = time_v(r)
-        rows.append([r.label, run_row(r)[0], '--' if elapsed is None else f'{elapsed / 60:.1f} min',
-                     '--' if gb is None else f'{gb:.2f} GB'])
+        rows.append(
+            [
+                r.label,
+                run_row(r)[0],
+                '--' if elapsed is None else f'{elapsed / 60:.1f} min',
+                '--' if gb is None else f'{gb:.2f} GB',
+            ]
+        )
     if ratios := numpy_convnet_ratios(config):
         rows.append(['ratio, NumPy / PyTorch', '', *ratios])
     table('numpy_convnet', '@{}lrrr@{}', ['run', 'final acc.', 'time', 'peak memory'], rows)
@@ -215,27 +352,65 @@ def write_tables(config, out):
     # The spread over seeds: mean and sample standard deviation of the final test accuracy.
     rows = []
     for label, group in config.seeds:
-        values = [run.data['final_test_accuracy'] for run in group
-                  if not run.missing and run.data['final_test_accuracy'] is not None]
-        rows.append([label, f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
-                     if len(values) > 1 else 'missing', ', '.join(f'{v:.3f}' for v in values)])
+        values = [
+            run.data['final_test_accuracy']
+            for run in group
+            if not run.missing and run.data['final_test_accuracy'] is not None
+        ]
+        rows.append(
+            [
+                label,
+                f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
+                if len(values) > 1
+                else 'missing',
+                ', '.join(f'{v:.3f}' for v in values),
+            ]
+        )
     table('seeds', '@{}lrl@{}', ['runs', 'final test accuracy', 'each seed'], rows)
 
-    write(f'{out}/commands.tex', '\n'.join([  # the commands --rerun runs
-        r'\begin{description}\setlength\itemsep{2pt}',
-        *(f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
-          + tex(shlex.join(run.rerun_command() or ['unknown']), tt=True) for run in config.folders),
-        r'\end{description}']) + '\n')
+    write(
+        f'{out}/commands.tex',
+        '\n'.join(
+            [  # the commands --rerun runs
+                r'\begin{description}\setlength\itemsep{2pt}',
+                *(
+                    f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
+                    + tex(shlex.join(run.rerun_command() or ['unknown']), tt=True)
+                    for run in config.folders
+                ),
+                r'\end{description}',
+            ]
+        )
+        + '\n',
+    )
     # gridsearch.py's results.tex is a whole table, caption and label included.
-    write(f'{out}/gridsearch.tex', checked_latex(config.grid.file('results.tex'))
-          if not config.grid.missing else '\\begin{table}[tb]\\centering\\emph{Grid search '
-          'missing.}\\caption{Grid search: missing.}\\label{tab:gridsearch}\\end{table}\n')
+    write(
+        f'{out}/gridsearch.tex',
+        checked_latex(config.grid.file('results.tex'))
+        if not config.grid.missing
+        else '\\begin{table}[tb]\\centering\\emph{Grid search '
+        'missing.}\\caption{Grid search: missing.}\\label{tab:gridsearch}\\end{table}\n',
+    )
 
 
 # The LaTeX commands gridsearch.py's results.tex holds (tabulate's booktabs and escapes): any
 # other in a run folder's file could read or write files when the report is built.
-GRID_LATEX = {'begin', 'end', 'centering', 'small', 'toprule', 'midrule', 'bottomrule', 'hline',
-              'caption', 'label', 'pm', 'textbackslash', 'textasciitilde', 'textasciicircum'}
+GRID_LATEX = {
+    'begin',
+    'end',
+    'centering',
+    'small',
+    'toprule',
+    'midrule',
+    'bottomrule',
+    'hline',
+    'caption',
+    'label',
+    'pm',
+    'textbackslash',
+    'textasciitilde',
+    'textasciicircum',
+}
 
 
 def checked_latex(path):
@@ -244,9 +419,11 @@ def checked_latex(path):
     text = Path(path).read_text()
     for command in re.findall(r'\\([A-Za-z@]+)', text):
         if command not in GRID_LATEX:
-            raise ReportError(f'{path} holds the LaTeX command \\{command}, which gridsearch.py '
-                              'does not write; it was left out of the report. Run the grid '
-                              'search again, or restore its results.tex.')
+            raise ReportError(
+                f'{path} holds the LaTeX command \\{command}, which gridsearch.py '
+                'does not write; it was left out of the report. Run the grid '
+                'search again, or restore its results.tex.'
+            )
     return text
 
 

@@ -1,5 +1,6 @@
 """Fixtures: small fake CIFAR-10 folders in the official format, the real data where the
 scripts would find it, a narrow ConvNet, a read-only folder."""
+
 import functools
 import os
 import pickle
@@ -27,8 +28,16 @@ def make_images(rng, n):
 
 def write_batch(path, data, labels):
     with open(path, 'wb') as f:
-        pickle.dump({'batch_label': 'fake', 'labels': [int(v) for v in labels], 'data': data,
-                     'filenames': [f'{i}.png' for i in range(len(labels))]}, f, protocol=2)
+        pickle.dump(
+            {
+                'batch_label': 'fake',
+                'labels': [int(v) for v in labels],
+                'data': data,
+                'filenames': [f'{i}.png' for i in range(len(labels))],
+            },
+            f,
+            protocol=2,
+        )
 
 
 def write_fake_cifar(folder, per_batch=40, seed=0):
@@ -58,8 +67,10 @@ def find_real_cifar():
 def real_cifar():
     folder = find_real_cifar()
     if folder is None:
-        pytest.skip('no CIFAR-10 in $CIFAR10_DIR or cifar10/cifar-10-batches-py: this test '
-                    'needs the real data (see README, "Data").')
+        pytest.skip(
+            'no CIFAR-10 in $CIFAR10_DIR or cifar10/cifar-10-batches-py: this test '
+            'needs the real data (see README, "Data").'
+        )
     return folder
 
 
@@ -69,6 +80,7 @@ def small_convnet(monkeypatch):
     path, a few hundredth of the arithmetic."""
     import train_convnet_pytorch
     from convnet_pytorch import ConvNet
+
     monkeypatch.setattr(train_convnet_pytorch, 'ConvNet', functools.partial(ConvNet, width=1 / 16))
 
 
@@ -77,8 +89,10 @@ def small_numpy_convnet(monkeypatch):
     """train_convnet_numpy builds Table 1's layers at 1/16 of their width."""
     import convnet_numpy
     import train_convnet_numpy
-    monkeypatch.setattr(train_convnet_numpy, 'ConvNet',
-                        functools.partial(convnet_numpy.ConvNet, width=1 / 16))
+
+    monkeypatch.setattr(
+        train_convnet_numpy, 'ConvNet', functools.partial(convnet_numpy.ConvNet, width=1 / 16)
+    )
 
 
 @pytest.fixture
@@ -113,8 +127,19 @@ def small_convnets(small_convnet, small_numpy_convnet):
 
 def small_run(fake_cifar, out_dir, *extra):
     """A train script's flags for a 3-step run on the fake CIFAR-10, into out_dir."""
-    return ['--max_steps', '3', '--batch_size', '10', '--eval_freq', '2', '--data_dir',
-            fake_cifar, '--out_dir', str(out_dir), *extra]
+    return [
+        '--max_steps',
+        '3',
+        '--batch_size',
+        '10',
+        '--eval_freq',
+        '2',
+        '--data_dir',
+        fake_cifar,
+        '--out_dir',
+        str(out_dir),
+        *extra,
+    ]
 
 
 def one_error(capsys):

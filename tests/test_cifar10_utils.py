@@ -1,4 +1,5 @@
 """The CIFAR-10 loader: reading, batching, downloading, and refusing what it must refuse."""
+
 import hashlib
 import http.server
 import io
@@ -27,8 +28,9 @@ def test_loads_fake_data(fake_cifar):
     # The training set's mean image is subtracted from both splits.
     np.testing.assert_allclose(train.images.mean(axis=0), 0, atol=1e-3)
     raw, _ = load_batch(os.path.join(fake_cifar, 'test_batch'))
-    mean = np.concatenate([load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0]
-                           for i in range(1, 6)]).mean(axis=0)
+    mean = np.concatenate(
+        [load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0] for i in range(1, 6)]
+    ).mean(axis=0)
     np.testing.assert_allclose(test.images, raw - mean, atol=1e-3)
 
 
@@ -48,8 +50,9 @@ def test_integer_labels_and_validation_split(fake_cifar):
     assert data['validation'].num_examples == 30 and data['train'].num_examples == 170
     assert data['train'].labels.dtype == np.int64 and data['train'].labels.shape == (170,)
     # Stratified: each class holds out its share of the 30 (within one image).
-    _, all_labels = zip(*(load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))
-                          for i in range(1, 6)))
+    _, all_labels = zip(
+        *(load_batch(os.path.join(fake_cifar, f'data_batch_{i}')) for i in range(1, 6))
+    )
     counts = np.bincount(np.concatenate(all_labels), minlength=10)
     held = np.bincount(data['validation'].labels, minlength=10)
     assert held.sum() == 30 and np.all(np.abs(held - 30 * counts / 200) <= 1)
@@ -62,8 +65,9 @@ def test_normalisation_matches_a_plain_reference(fake_cifar, validation_size):
     """The two splits partition the training images, the same seed draws the same split, and
     every image has the mean of the training images that stay subtracted."""
     data = get_cifar10(fake_cifar, one_hot=False, validation_size=validation_size, seed=3)
-    raw = np.concatenate([load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0]
-                          for i in range(1, 6)]).astype(np.float64)
+    raw = np.concatenate(
+        [load_batch(os.path.join(fake_cifar, f'data_batch_{i}'))[0] for i in range(1, 6)]
+    ).astype(np.float64)
     images = np.concatenate([data['validation'].images, data['train'].images]).astype(float)
     # Whatever was subtracted, the 200 images still sum to the raw ones: that finds it ...
     subtracted = (raw.sum(axis=0) - images.sum(axis=0)) / 200
@@ -176,8 +180,11 @@ def test_malicious_pickle_is_refused(fake_cifar, tmp_path):
     path = os.path.join(fake_cifar, 'data_batch_3')
     with open(path, 'wb') as f:
         pickle.dump({'data': _Payload(str(marker)), 'labels': []}, f, protocol=2)
-    with pytest.raises(CIFAR10Error, match=r'data_batch_3 is not a CIFAR-10 batch file: '
-                                           r'it asks to load code \(refusing to load io.open'):
+    with pytest.raises(
+        CIFAR10Error,
+        match=r'data_batch_3 is not a CIFAR-10 batch file: '
+        r'it asks to load code \(refusing to load io.open',
+    ):
         get_cifar10(fake_cifar)
     assert not marker.exists()
 
@@ -192,13 +199,16 @@ def test_truncated_file(fake_cifar):
         get_cifar10(fake_cifar)
 
 
-@pytest.mark.parametrize('content', [
-    {'data': np.zeros((3, 100), np.uint8), 'labels': [0, 1, 2]},
-    {'data': np.zeros((3, 3072), np.float32), 'labels': [0, 1, 2]},
-    {'data': np.zeros((3, 3072), np.uint8), 'labels': [0, 1]},
-    {'labels': [0]},
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    'content',
+    [
+        {'data': np.zeros((3, 100), np.uint8), 'labels': [0, 1, 2]},
+        {'data': np.zeros((3, 3072), np.float32), 'labels': [0, 1, 2]},
+        {'data': np.zeros((3, 3072), np.uint8), 'labels': [0, 1]},
+        {'labels': [0]},
+        [1, 2, 3],
+    ],
+)
 def test_malformed_batch(fake_cifar, content):
     with open(os.path.join(fake_cifar, 'data_batch_2'), 'wb') as f:
         pickle.dump(content, f, protocol=2)
@@ -294,8 +304,11 @@ def test_official_md5_is_the_default(tmp_path, server, monkeypatch):
     serve_archive(server, monkeypatch, make_archive(tmp_path))
     monkeypatch.delenv('CIFAR10_MD5')
     target = tmp_path / 'data' / 'cifar-10-batches-py'
-    with pytest.raises(CIFAR10Error, match=f'expected {cifar10_utils.CIFAR10_MD5}: it is '
-                                           'corrupt or not CIFAR-10, and was deleted'):
+    with pytest.raises(
+        CIFAR10Error,
+        match=f'expected {cifar10_utils.CIFAR10_MD5}: it is '
+        'corrupt or not CIFAR-10, and was deleted',
+    ):
         get_cifar10(str(target))
     assert leftovers(target.parent) == []
 
@@ -310,7 +323,7 @@ def test_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):
 
 def test_interrupted_download_leaves_nothing(tmp_path, server, monkeypatch):
     body = make_archive(tmp_path)
-    serve_archive(server, monkeypatch, body[:len(body) // 2], declared=len(body))
+    serve_archive(server, monkeypatch, body[: len(body) // 2], declared=len(body))
     target = tmp_path / 'data' / 'cifar-10-batches-py'
     with pytest.raises(CIFAR10Error, match='Could not download|stopped after'):
         get_cifar10(str(target))
@@ -346,8 +359,7 @@ def test_download_can_be_switched_off(tmp_path, server, monkeypatch, switch):
         kwargs['download'] = False
     else:
         monkeypatch.setenv('CIFAR10_DOWNLOAD', '0')
-    with pytest.raises(CIFAR10Error, match=f'CIFAR-10 is not in {target} and downloading '
-                                           'is off'):
+    with pytest.raises(CIFAR10Error, match=f'CIFAR-10 is not in {target} and downloading is off'):
         get_cifar10(str(target), **kwargs)
     assert not target.exists()
 
@@ -366,10 +378,15 @@ def test_random_crop_flip(padding):
     padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     found = set()
     for i in range(64):
-        matches = [(dy, dx, flip) for dy in range(2 * padding + 1)
-                   for dx in range(2 * padding + 1) for flip in (0, 1)
-                   if np.array_equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8][
-                       ..., ::-1 if flip else 1])]
+        matches = [
+            (dy, dx, flip)
+            for dy in range(2 * padding + 1)
+            for dx in range(2 * padding + 1)
+            for flip in (0, 1)
+            if np.array_equal(
+                out[i], padded[i, :, dy : dy + 8, dx : dx + 8][..., :: -1 if flip else 1]
+            )
+        ]
         assert matches, f'image {i} is not a crop of its padded input'
         found.update(matches)
     assert {m[2] for m in found} == {0, 1}  # both flipped and kept images

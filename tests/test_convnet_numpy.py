@@ -1,6 +1,7 @@
 """convnet_numpy.py and train_convnet_numpy.py: the NumPy ConvNet computes what the PyTorch one
 computes (float64, 1e-10), and its script trains, checkpoints, resumes bit for bit, stops on
 Ctrl-C and answers bad flags with one line."""
+
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ def cli_name(monkeypatch):
 
 # ------------------------------------------------------------------ NumPy equals PyTorch
 
+
 def twins(rng):
     """A NumPy and a PyTorch ConvNet, float64, holding the same weights."""
     ours = convnet_numpy.ConvNet(3, 10, dtype=np.float64, rng=rng, width=WIDTH)
@@ -53,8 +55,12 @@ def numpy_state(model):
 
 
 def torch_state(model):
-    stats = [s for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-             for s in (m.running_mean, m.running_var)]
+    stats = [
+        s
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for s in (m.running_mean, m.running_var)
+    ]
     return [t.detach().numpy() for t in [*model.parameters(), *stats]]
 
 
@@ -82,10 +88,10 @@ def test_ten_steps_agree(recipe):
     for _ in range(steps):
         x = rng.standard_normal((8, 3, 32, 32))
         labels = rng.integers(0, 10, 8)
-        our_loss = train_convnet_numpy.train_step(ours, loss_module, our_opt, x,
-                                                  np.eye(10)[labels])
-        their_loss = train_convnet_pytorch.train_step(theirs, their_opt, torch.from_numpy(x),
-                                                      torch.from_numpy(labels))
+        our_loss = train_convnet_numpy.train_step(ours, loss_module, our_opt, x, np.eye(10)[labels])
+        their_loss = train_convnet_pytorch.train_step(
+            theirs, their_opt, torch.from_numpy(x), torch.from_numpy(labels)
+        )
         assert our_loss == pytest.approx(their_loss.item(), rel=1e-10)
     n_bn, n_params = len(ours.batch_norms()), len(ours.parameters())
     conv_biases = {4 * j + 1 for j in range(n_bn)}  # weight, bias, gamma, beta per block
@@ -128,6 +134,7 @@ def test_evaluate_in_chunks_equals_one_batch():
 
 # ------------------------------------------------------------------------- the script
 
+
 def arrays_of(path):
     return read_checkpoint(path)['arrays']
 
@@ -138,11 +145,16 @@ def assert_same_arrays(a, b):
     assert not different, different
 
 
-def test_train_writes_metrics_curves_and_checkpoints(fake_cifar, small_numpy_convnet,
-                                                     tmp_path):
+def test_train_writes_metrics_curves_and_checkpoints(fake_cifar, small_numpy_convnet, tmp_path):
     out = tmp_path / 'run'
-    metrics = train(learning_rate=1e-3, max_steps=40, batch_size=20, eval_freq=20,
-                    data_dir=fake_cifar, out_dir=str(out))
+    metrics = train(
+        learning_rate=1e-3,
+        max_steps=40,
+        batch_size=20,
+        eval_freq=20,
+        data_dir=fake_cifar,
+        out_dir=str(out),
+    )
     assert metrics['status'] == 'completed' and metrics['eval_steps'] == [20, 40]
     with open(out / 'metrics.json') as f:
         assert json.load(f) == json.loads(json.dumps(metrics))
@@ -155,14 +167,16 @@ def test_train_writes_metrics_curves_and_checkpoints(fake_cifar, small_numpy_con
         assert all(f[name].dtype != object for name in f.files)
 
 
-def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_numpy_convnet, tmp_path,
-                                                cli_name):
+def test_resumed_run_ends_with_the_same_weights(
+    fake_cifar, small_numpy_convnet, tmp_path, cli_name
+):
     kwargs = dict(learning_rate=1e-3, batch_size=30, eval_freq=3, data_dir=fake_cifar)
     straight = train(max_steps=6, out_dir=str(tmp_path / 'straight'), **kwargs)
     train(max_steps=3, out_dir=str(tmp_path / 'halves'), **kwargs)
     assert main(['--resume', str(tmp_path / 'halves' / 'last.npz'), '--max_steps', '6']) == 0
-    assert_same_arrays(arrays_of(tmp_path / 'straight' / 'last.npz'),
-                       arrays_of(tmp_path / 'halves' / 'last.npz'))
+    assert_same_arrays(
+        arrays_of(tmp_path / 'straight' / 'last.npz'), arrays_of(tmp_path / 'halves' / 'last.npz')
+    )
     with open(tmp_path / 'halves' / 'metrics.json') as f:
         resumed = json.load(f)
     for key in ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy'):
@@ -170,13 +184,23 @@ def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_numpy_convnet,
     assert resumed['resumed'] == [{'from': str(tmp_path / 'halves' / 'last.npz'), 'step': 3}]
 
 
-def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_numpy_convnet, tmp_path,
-                                              monkeypatch):
+def test_ctrl_c_leaves_a_checkpoint_to_resume(
+    fake_cifar, small_numpy_convnet, tmp_path, monkeypatch
+):
     """SGD with weight decay, a one-cycle schedule, augmentation and label smoothing: every
     state a step depends on."""
-    kwargs = dict(optimizer='SGD', learning_rate=0.05, weight_decay=5e-4,
-                  lr_schedule='onecycle', augment=True, label_smoothing=0.1, max_steps=6,
-                  batch_size=30, eval_freq=2, data_dir=fake_cifar)
+    kwargs = dict(
+        optimizer='SGD',
+        learning_rate=0.05,
+        weight_decay=5e-4,
+        lr_schedule='onecycle',
+        augment=True,
+        label_smoothing=0.1,
+        max_steps=6,
+        batch_size=30,
+        eval_freq=2,
+        data_dir=fake_cifar,
+    )
     straight = train(out_dir=str(tmp_path / 'straight'), **kwargs)
     next_batch, calls = DataSet.next_batch, []
 
@@ -198,8 +222,15 @@ def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_numpy_convnet, t
 
 
 def test_validation_run_tests_its_best_checkpoint(fake_cifar, small_numpy_convnet, tmp_path):
-    metrics = train(learning_rate=1e-3, max_steps=4, batch_size=20, eval_freq=2,
-                    validation_size=40, data_dir=fake_cifar, out_dir=str(tmp_path / 'run'))
+    metrics = train(
+        learning_rate=1e-3,
+        max_steps=4,
+        batch_size=20,
+        eval_freq=2,
+        validation_size=40,
+        data_dir=fake_cifar,
+        out_dir=str(tmp_path / 'run'),
+    )
     assert metrics['eval_split'] == 'validation' and len(metrics['validation_accuracy']) == 2
     assert 0 <= metrics['final_test_accuracy'] <= 1
     assert 0 <= metrics['best_pt_test_accuracy'] <= 1
@@ -207,17 +238,31 @@ def test_validation_run_tests_its_best_checkpoint(fake_cifar, small_numpy_convne
 
 def test_diverging_run_stops_with_advice(fake_cifar, small_numpy_convnet, tmp_path):
     with pytest.raises(FloatingPointError, match=r'diverged; lower --learning_rate'):
-        train(optimizer='SGD', learning_rate=1e30, max_steps=20, batch_size=20,
-              data_dir=fake_cifar, out_dir=str(tmp_path / 'run'))
+        train(
+            optimizer='SGD',
+            learning_rate=1e30,
+            max_steps=20,
+            batch_size=20,
+            data_dir=fake_cifar,
+            out_dir=str(tmp_path / 'run'),
+        )
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'RMSPROP'"),
-    (['--learning_rate', '-1'], "expected a number > 0 that float32 can hold (at most 3.4e38), "
-                                "got '-1'"),
-    (['--resume', '{tmp}/missing.npz'], 'error: checkpoint {tmp}/missing.npz does not exist.'),
-    (['--resume', '{tmp}/garbage.npz'], 'error: {tmp}/garbage.npz is not a readable checkpoint'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'RMSPROP'"),
+        (
+            ['--learning_rate', '-1'],
+            "expected a number > 0 that float32 can hold (at most 3.4e38), got '-1'",
+        ),
+        (['--resume', '{tmp}/missing.npz'], 'error: checkpoint {tmp}/missing.npz does not exist.'),
+        (
+            ['--resume', '{tmp}/garbage.npz'],
+            'error: {tmp}/garbage.npz is not a readable checkpoint',
+        ),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, cli_name, args, message):
     (tmp_path / 'garbage.npz').write_bytes(b'not a zip file')
     args = [a.format(tmp=tmp_path) for a in args]
@@ -229,8 +274,9 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, cli_name, args, messag
 
 
 def test_resume_refuses_a_changed_run(fake_cifar, small_numpy_convnet, tmp_path):
-    train(max_steps=2, batch_size=10, eval_freq=2, data_dir=fake_cifar,
-          out_dir=str(tmp_path / 'run'))
+    train(
+        max_steps=2, batch_size=10, eval_freq=2, data_dir=fake_cifar, out_dir=str(tmp_path / 'run')
+    )
     last = str(tmp_path / 'run' / 'last.npz')
     with pytest.raises(ValueError, match='trained with --batch_size 10; a resumed run keeps'):
         train(max_steps=4, batch_size=20, data_dir=fake_cifar, resume=last)
@@ -241,8 +287,11 @@ def test_resume_refuses_a_changed_run(fake_cifar, small_numpy_convnet, tmp_path)
 def test_help_explains_every_flag():
     parser = train_convnet_numpy.build_parser()
     flags = {a.dest for a in parser._actions if a.dest != 'help'}
-    assert flags == set(train_convnet_numpy.train.__code__.co_varnames[
-        :train_convnet_numpy.train.__code__.co_argcount])
+    assert flags == set(
+        train_convnet_numpy.train.__code__.co_varnames[
+            : train_convnet_numpy.train.__code__.co_argcount
+        ]
+    )
     assert all(a.help for a in parser._actions)
 
 

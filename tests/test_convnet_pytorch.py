@@ -1,6 +1,7 @@
 """convnet_pytorch.py and train_convnet_pytorch.py: Table 1's architecture, training steps,
 checkpoints and exact resumption, Ctrl-C and the CUDA fallback (the command line:
 tests/test_convnet_pytorch_cli.py)."""
+
 import json
 import os
 import signal
@@ -19,15 +20,39 @@ from train_convnet_pytorch import make_optimizer, read_checkpoint, train
 
 # Table 1 of the assignment: name, then in/out channels of a conv block or of the linear layer.
 TABLE_1 = [
-    ('conv1', 3, 64), ('maxpool1',), ('conv2', 64, 128), ('maxpool2',),
-    ('conv3_a', 128, 256), ('conv3_b', 256, 256), ('maxpool3',),
-    ('conv4_a', 256, 512), ('conv4_b', 512, 512), ('maxpool4',),
-    ('conv5_a', 512, 512), ('conv5_b', 512, 512), ('maxpool5',),
-    ('avgpool',), ('linear', 512, 10),
+    ('conv1', 3, 64),
+    ('maxpool1',),
+    ('conv2', 64, 128),
+    ('maxpool2',),
+    ('conv3_a', 128, 256),
+    ('conv3_b', 256, 256),
+    ('maxpool3',),
+    ('conv4_a', 256, 512),
+    ('conv4_b', 512, 512),
+    ('maxpool4',),
+    ('conv5_a', 512, 512),
+    ('conv5_b', 512, 512),
+    ('maxpool5',),
+    ('avgpool',),
+    ('linear', 512, 10),
 ]
-SCHEMA = {'script', 'out_dir', 'command', 'flags', 'status', 'steps', 'train_loss',
-          'eval_steps', 'test_loss', 'test_accuracy', 'final_test_accuracy',
-          'best_test_accuracy', 'wall_seconds', 'started', 'versions'}
+SCHEMA = {
+    'script',
+    'out_dir',
+    'command',
+    'flags',
+    'status',
+    'steps',
+    'train_loss',
+    'eval_steps',
+    'test_loss',
+    'test_accuracy',
+    'final_test_accuracy',
+    'best_test_accuracy',
+    'wall_seconds',
+    'started',
+    'versions',
+}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -89,8 +114,11 @@ def test_im2col_convolution_equals_conv2d(size):
         grad = torch.randn_like(outputs[1])
         for out in outputs:
             out.backward(grad)
-        for a, b in [(inputs[0].grad, inputs[1].grad), (conv.weight.grad, reference.weight.grad),
-                     (conv.bias.grad, reference.bias.grad)]:
+        for a, b in [
+            (inputs[0].grad, inputs[1].grad),
+            (conv.weight.grad, reference.weight.grad),
+            (conv.bias.grad, reference.bias.grad),
+        ]:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         conv.zero_grad(), reference.zero_grad()
 
@@ -117,9 +145,10 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
     batches = DataSet(images, labels, seed=0)
     model = ConvNet(3, 10, width=1 / 4)
     opt = make_optimizer('ADAM', model, learning_rate=1e-3, weight_decay=0)
-    losses = [train_convnet_pytorch.train_step(model, opt, *map(torch.from_numpy,
-                                                                batches.next_batch(8)))
-              for _ in range(6)]
+    losses = [
+        train_convnet_pytorch.train_step(model, opt, *map(torch.from_numpy, batches.next_batch(8)))
+        for _ in range(6)
+    ]
     assert all(loss.shape == () and not loss.requires_grad for loss in losses)
     losses = [loss.item() for loss in losses]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -145,8 +174,14 @@ def assert_same_tensors(a, b):
 
 def test_train_writes_metrics_curves_and_checkpoints(fake_cifar, small_convnet, tmp_path):
     out = tmp_path / 'run'
-    metrics = train(learning_rate=1e-3, max_steps=60, batch_size=20, eval_freq=20,
-                    data_dir=fake_cifar, out_dir=str(out))
+    metrics = train(
+        learning_rate=1e-3,
+        max_steps=60,
+        batch_size=20,
+        eval_freq=20,
+        data_dir=fake_cifar,
+        out_dir=str(out),
+    )
     assert SCHEMA <= set(metrics) and metrics['status'] == 'completed'
     with open(out / 'metrics.json') as f:
         assert json.load(f) == json.loads(json.dumps(metrics))
@@ -166,17 +201,22 @@ def test_train_writes_metrics_curves_and_checkpoints(fake_cifar, small_convnet, 
     assert best['metrics']['test_accuracy'][-1] == metrics['best_test_accuracy']
 
 
-def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_convnet, tmp_path,
-                                                cli_name):
+def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_convnet, tmp_path, cli_name):
     kwargs = dict(learning_rate=1e-3, batch_size=30, eval_freq=3, data_dir=fake_cifar)
     straight = train(max_steps=6, out_dir=str(tmp_path / 'straight'), **kwargs)
     train(max_steps=3, out_dir=str(tmp_path / 'halves'), **kwargs)
     # The command line takes the flags of the checkpoint's run and writes to its folder.
-    assert train_convnet_pytorch.main(
-        ['--resume', str(tmp_path / 'halves' / 'last.pt'), '--max_steps', '6']) == 0
+    assert (
+        train_convnet_pytorch.main(
+            ['--resume', str(tmp_path / 'halves' / 'last.pt'), '--max_steps', '6']
+        )
+        == 0
+    )
 
-    assert_same_tensors(checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
-                        checkpoint_tensors(tmp_path / 'halves' / 'last.pt'))
+    assert_same_tensors(
+        checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
+        checkpoint_tensors(tmp_path / 'halves' / 'last.pt'),
+    )
     with open(tmp_path / 'halves' / 'metrics.json') as f:
         resumed = json.load(f)
     for key in ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy'):
@@ -187,11 +227,18 @@ def test_resumed_run_ends_with_the_same_weights(fake_cifar, small_convnet, tmp_p
     assert resumed['wall_seconds'] > 0
 
 
-def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_path,
-                                              monkeypatch):
+def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_path, monkeypatch):
     """SGD with a one-cycle schedule and augmentation: every state a step depends on."""
-    kwargs = dict(optimizer='SGD', learning_rate=0.05, lr_schedule='onecycle', augment=True,
-                  max_steps=6, batch_size=30, eval_freq=2, data_dir=fake_cifar)
+    kwargs = dict(
+        optimizer='SGD',
+        learning_rate=0.05,
+        lr_schedule='onecycle',
+        augment=True,
+        max_steps=6,
+        batch_size=30,
+        eval_freq=2,
+        data_dir=fake_cifar,
+    )
     straight = train(out_dir=str(tmp_path / 'straight'), **kwargs)
 
     next_batch, calls = DataSet.next_batch, []
@@ -215,51 +262,79 @@ def test_ctrl_c_leaves_a_checkpoint_to_resume(fake_cifar, small_convnet, tmp_pat
     monkeypatch.setattr(DataSet, 'next_batch', next_batch)
     resumed = train(resume=str(out / 'last.pt'), **kwargs)
     assert resumed['out_dir'] == str(out)
-    assert_same_tensors(checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
-                        checkpoint_tensors(out / 'last.pt'))
+    assert_same_tensors(
+        checkpoint_tensors(tmp_path / 'straight' / 'last.pt'), checkpoint_tensors(out / 'last.pt')
+    )
     assert resumed['train_loss'] == straight['train_loss']
     assert resumed['eval_steps'] == straight['eval_steps'] == [2, 4, 6]
 
 
 def test_diverging_run_stops_with_advice(fake_cifar, small_convnet, tmp_path):
     with pytest.raises(FloatingPointError, match=r'diverged; lower --learning_rate'):
-        train(learning_rate=1e30, max_steps=50, batch_size=20, data_dir=fake_cifar,
-              out_dir=str(tmp_path / 'run'))
+        train(
+            learning_rate=1e30,
+            max_steps=50,
+            batch_size=20,
+            data_dir=fake_cifar,
+            out_dir=str(tmp_path / 'run'),
+        )
     with open(tmp_path / 'run' / 'metrics.json') as f:
         assert json.load(f)['status'] == 'diverged'
 
 
-def test_cuda_without_a_gpu_falls_back_to_the_cpu(fake_cifar, small_convnet, tmp_path,
-                                                  monkeypatch, capsys, cli_name):
+def test_cuda_without_a_gpu_falls_back_to_the_cpu(
+    fake_cifar, small_convnet, tmp_path, monkeypatch, capsys, cli_name
+):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for check in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'):  # an older CPU
         monkeypatch.setattr(torch.cpu, check, lambda: False)
-    assert train_convnet_pytorch.main(
-        ['--device', 'cuda', '--amp', '--max_steps', '1', '--batch_size', '10',
-         '--data_dir', fake_cifar, '--out_dir', str(tmp_path / 'run')]) == 0
+    assert (
+        train_convnet_pytorch.main(
+            [
+                '--device',
+                'cuda',
+                '--amp',
+                '--max_steps',
+                '1',
+                '--batch_size',
+                '10',
+                '--data_dir',
+                fake_cifar,
+                '--out_dir',
+                str(tmp_path / 'run'),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err.splitlines()
     assert 'warning: no CUDA GPU is available; using the CPU.' in err
-    assert ('warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in '
-            'float32.') in err
+    assert (
+        'warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); --amp trains in float32.'
+    ) in err
     with open(tmp_path / 'run' / 'metrics.json') as f:
         metrics = json.load(f)
     assert metrics['device'] == 'cpu' and metrics['precision'] == 'float32'
 
 
-@pytest.mark.skipif(not (torch.cpu._is_avx512_bf16_supported()
-                         or torch.cpu._is_amx_tile_supported()),
-                    reason='needs a CPU with native bfloat16')
-def test_amp_on_the_cpu_trains_in_bfloat16_and_resumes_exactly(fake_cifar, small_convnet,
-                                                                 tmp_path, capsys):
-    kwargs = dict(amp=True, device='cpu', learning_rate=1e-3, batch_size=20, eval_freq=2,
-                  data_dir=fake_cifar)
+@pytest.mark.skipif(
+    not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+    reason='needs a CPU with native bfloat16',
+)
+def test_amp_on_the_cpu_trains_in_bfloat16_and_resumes_exactly(
+    fake_cifar, small_convnet, tmp_path, capsys
+):
+    kwargs = dict(
+        amp=True, device='cpu', learning_rate=1e-3, batch_size=20, eval_freq=2, data_dir=fake_cifar
+    )
     straight = train(max_steps=4, out_dir=str(tmp_path / 'straight'), **kwargs)
     assert straight['precision'] == 'bfloat16' and 'warning' not in capsys.readouterr().err
     train(max_steps=2, out_dir=str(tmp_path / 'halves'), **kwargs)
     resumed = train(max_steps=4, resume=str(tmp_path / 'halves' / 'last.pt'), **kwargs)
     assert resumed['train_loss'] == straight['train_loss']
-    assert_same_tensors(checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
-                        checkpoint_tensors(tmp_path / 'halves' / 'last.pt'))
+    assert_same_tensors(
+        checkpoint_tensors(tmp_path / 'straight' / 'last.pt'),
+        checkpoint_tensors(tmp_path / 'halves' / 'last.pt'),
+    )
 
 
 def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
@@ -273,16 +348,16 @@ def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
     rng = np.random.default_rng(0)
     images = rng.normal(0, 60, (50, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, 50)
-    loss, accuracy = train_convnet_pytorch.evaluate(model, images, labels, torch.device('cpu'),
-                                                    batch_size=20)
+    loss, accuracy = train_convnet_pytorch.evaluate(
+        model, images, labels, torch.device('cpu'), batch_size=20
+    )
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(images))
     model.train()
-    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(),
-                                 rel=1e-4)
+    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=1e-4)
     assert accuracy == (logits.argmax(1).numpy() == labels).mean()
 
 
@@ -293,14 +368,14 @@ def test_flip_test_averages_each_image_with_its_mirror(small_convnet):
     rng = np.random.default_rng(0)
     images = rng.normal(0, 60, (30, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, 30)
-    loss, accuracy = train_convnet_pytorch.evaluate(model, images, labels, torch.device('cpu'),
-                                                    batch_size=20, flip=True)
+    loss, accuracy = train_convnet_pytorch.evaluate(
+        model, images, labels, torch.device('cpu'), batch_size=20, flip=True
+    )
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(images)
         logits = (model(x) + model(x.flip(3))) / 2
-    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(),
-                                 rel=1e-4)
+    assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=1e-4)
     assert accuracy == (logits.argmax(1).numpy() == labels).mean()
 
 
@@ -318,17 +393,17 @@ def test_label_smoothing_is_the_loss_trained_on():
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     expected = F.cross_entropy(model(x), y, label_smoothing=0.1).item()
     opt = make_optimizer('SGD', model, 0.0)
-    assert train_convnet_pytorch.train_step(model, opt, x, y, label_smoothing=0.1).item() == \
-        pytest.approx(expected, rel=1e-6)
+    assert train_convnet_pytorch.train_step(
+        model, opt, x, y, label_smoothing=0.1
+    ).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_gpu_run_with_amp_and_channels_last_resumes_on_the_cpu(fake_cifar, small_convnet,
-                                                               tmp_path):
-    kwargs = dict(augment=True, batch_size=20, eval_freq=3, data_dir=fake_cifar, amp=True,
-                  channels_last=True)
+def test_gpu_run_with_amp_and_channels_last_resumes_on_the_cpu(fake_cifar, small_convnet, tmp_path):
+    kwargs = dict(
+        augment=True, batch_size=20, eval_freq=3, data_dir=fake_cifar, amp=True, channels_last=True
+    )
     metrics = train(max_steps=3, device='cuda', out_dir=str(tmp_path / 'run'), **kwargs)
     assert metrics['device'].startswith('cuda') and metrics['status'] == 'completed'
-    resumed = train(max_steps=6, device='cpu', resume=str(tmp_path / 'run' / 'last.pt'),
-                    **kwargs)
+    resumed = train(max_steps=6, device='cpu', resume=str(tmp_path / 'run' / 'last.pt'), **kwargs)
     assert resumed['device'] == 'cpu' and resumed['eval_steps'] == [3, 6]

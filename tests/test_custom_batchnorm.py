@@ -15,16 +15,16 @@ from custom_batchnorm import (
 
 MODULES = [CustomBatchNormAutograd, CustomBatchNormManualModule]
 DEVICES = [
-    "cpu",
+    'cpu',
     pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"),
+        'cuda',
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available'),
     ),
 ]
 TOL64 = 1e-8
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True, scope='module')
 def _single_thread():
     """These tensors are tiny: intra-op threads only add overhead, and on a busy
     2-core machine their spin-waiting makes the training test 100x slower."""
@@ -34,7 +34,7 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
-def _paired(module_cls, n_neurons, dtype=torch.float64, device="cpu", seed=0, **kwargs):
+def _paired(module_cls, n_neurons, dtype=torch.float64, device='cpu', seed=0, **kwargs):
     """A custom module and an nn.BatchNorm1d with the same random gamma/beta."""
     gen = torch.Generator().manual_seed(seed)
     gamma = torch.randn(n_neurons, generator=gen, dtype=dtype)
@@ -49,7 +49,7 @@ def _paired(module_cls, n_neurons, dtype=torch.float64, device="cpu", seed=0, **
     return custom, reference
 
 
-def _batch(batch_size, n_neurons, dtype=torch.float64, device="cpu", seed=0, scale=3.0, shift=2.0):
+def _batch(batch_size, n_neurons, dtype=torch.float64, device='cpu', seed=0, scale=3.0, shift=2.0):
     """A batch whose features have non-zero mean and non-unit variance."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, n_neurons, generator=gen, dtype=dtype) * scale + shift
@@ -73,7 +73,7 @@ def _function_inputs(requires, batch_size=6, n_neurons=4, seed=1):
 
 
 @pytest.mark.parametrize(
-    "requires",
+    'requires',
     [
         (True, True, True),
         (True, False, False),
@@ -82,7 +82,7 @@ def _function_inputs(requires, batch_size=6, n_neurons=4, seed=1):
         (False, True, True),
         (True, False, True),
     ],
-    ids=lambda r: "".join(name if flag else "-" for name, flag in zip("xgb", r)),
+    ids=lambda r: ''.join(name if flag else '-' for name, flag in zip('xgb', r)),
 )
 def test_manual_function_gradcheck(requires):
     x, gamma, beta = _function_inputs(requires)
@@ -126,7 +126,7 @@ def backward_spy(monkeypatch):
         returned.append(result)
         return result
 
-    monkeypatch.setattr(CustomBatchNormManualFunction, "backward", staticmethod(spy))
+    monkeypatch.setattr(CustomBatchNormManualFunction, 'backward', staticmethod(spy))
     return returned
 
 
@@ -174,9 +174,9 @@ class _OpRecorder(TorchFunctionMode):
         self.ops = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", str(func))
+        name = getattr(func, '__name__', str(func))
         # Grad-mode switches and attribute reads are bookkeeping, not arithmetic.
-        if name not in ("_set_grad_enabled", "__get__"):
+        if name not in ('_set_grad_enabled', '__get__'):
             self.ops.append(name)
         return func(*args, **(kwargs or {}))
 
@@ -200,21 +200,21 @@ def test_backward_does_not_compute_dx_when_x_needs_no_grad():
     assert x_hat is not None and inv_std is None and gamma is None
     assert grads[0] is None and grads[1] is not None and grads[2] is None and grads[3] is None
     # dgamma = sum_b(dy * x_hat): one product and one reduction, nothing of dx.
-    assert sorted(gamma_ops) == ["mul", "sum"], gamma_ops
-    assert len(all_ops) > len(gamma_ops) + 3, "the recorder should see the dx work"
+    assert sorted(gamma_ops) == ['mul', 'sum'], gamma_ops
+    assert len(all_ops) > len(gamma_ops) + 3, 'the recorder should see the dx work'
 
 
 def test_backward_for_beta_only_saves_nothing():
     saved, grads, ops = _run_backward_directly((False, False, True))
     assert all(t is None for t in saved)
     assert grads[0] is None and grads[1] is None and grads[2] is not None
-    assert ops == ["sum"]
+    assert ops == ['sum']
 
 
 # ------------------------------------------- modules vs torch.nn.BatchNorm1d
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_training_forward_and_gradients_match_batchnorm1d(module_cls):
     custom, reference = _paired(module_cls, 7, eps=1e-3)
     x = _batch(16, 7)
@@ -234,7 +234,7 @@ def test_training_forward_and_gradients_match_batchnorm1d(module_cls):
     assert _max_err(custom.beta.grad, reference.bias.grad) < TOL64
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_running_stats_match_batchnorm1d_over_several_steps(module_cls):
     custom, reference = _paired(module_cls, 5, momentum=0.3)
     # Different sizes and distributions, so a wrong bias correction or momentum shows.
@@ -248,7 +248,7 @@ def test_running_stats_match_batchnorm1d_over_several_steps(module_cls):
     assert _max_err(reference.running_var, torch.ones(5, dtype=torch.float64)) > 0.5
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_eval_outputs_match_batchnorm1d(module_cls):
     custom, reference = _paired(module_cls, 6)
     for step in range(3):
@@ -267,7 +267,7 @@ def test_eval_outputs_match_batchnorm1d(module_cls):
     assert torch.equal(custom.running_mean, running_mean)
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_single_sample_classifies_in_eval_mode(module_cls):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 6), module_cls(6), nn.ReLU(), nn.Linear(6, 3)).double()
@@ -282,8 +282,8 @@ def test_single_sample_classifies_in_eval_mode(module_cls):
     assert single_logits.argmax(1).item() == batch_logits[0].argmax().item()
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize('module_cls', MODULES)
+@pytest.mark.parametrize('device', DEVICES)
 def test_float32_matches_batchnorm1d(module_cls, device):
     custom, reference = _paired(module_cls, 7, dtype=torch.float32, device=device)
     x = _batch(32, 7, dtype=torch.float32, device=device)
@@ -308,26 +308,26 @@ def test_float32_matches_batchnorm1d(module_cls, device):
 # ----------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
-@pytest.mark.parametrize("shape", [(7,), (4, 7, 2), (4, 6), (4, 8)], ids=str)
+@pytest.mark.parametrize('module_cls', MODULES)
+@pytest.mark.parametrize('shape', [(7,), (4, 7, 2), (4, 6), (4, 8)], ids=str)
 def test_wrong_shape_raises_value_error(module_cls, shape):
     module = module_cls(7)
-    with pytest.raises(ValueError, match=r"Expected input of shape \(batch, 7\)"):
+    with pytest.raises(ValueError, match=r'Expected input of shape \(batch, 7\)'):
         module(torch.randn(*shape))
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_single_sample_in_training_mode_raises_value_error(module_cls):
     module = module_cls(7)
-    with pytest.raises(ValueError, match=r"more than 1 sample.*training mode"):
+    with pytest.raises(ValueError, match=r'more than 1 sample.*training mode'):
         module(torch.randn(1, 7))
     module.eval()
     assert module(torch.randn(1, 7)).shape == (1, 7)
 
 
-@pytest.mark.parametrize("module_cls", MODULES)
+@pytest.mark.parametrize('module_cls', MODULES)
 def test_non_tensor_input_raises_type_error(module_cls):
-    with pytest.raises(TypeError, match=r"torch\.Tensor of shape \(batch, 3\)"):
+    with pytest.raises(TypeError, match=r'torch\.Tensor of shape \(batch, 3\)'):
         module_cls(3)([[1.0, 2.0, 3.0]])
 
 
@@ -343,7 +343,7 @@ def _toy_problem(n_samples=256, n_features=20, n_classes=3, seed=0):
 
 
 @pytest.mark.parametrize(
-    "bn_cls",
+    'bn_cls',
     [CustomBatchNormAutograd, CustomBatchNormManualModule, nn.BatchNorm1d],
     ids=lambda cls: cls.__name__,
 )

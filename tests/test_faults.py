@@ -2,6 +2,7 @@
 lost, no traceback"): no run is lost, SIGTERM is Ctrl-C, and what a user can cause is one
 sentence, never a traceback. The grid-search items (2, 6) are in test_gridsearch.py, the
 report's (10) in test_report.py; the decoded-data cache of item 11 no longer exists."""
+
 import json
 import os
 import signal
@@ -29,8 +30,9 @@ def last_error(capsys):
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
-def test_a_folder_holding_a_run_is_not_overwritten(script, fake_cifar, small_convnet, tmp_path,
-                                                   capsys, monkeypatch):
+def test_a_folder_holding_a_run_is_not_overwritten(
+    script, fake_cifar, small_convnet, tmp_path, capsys, monkeypatch
+):
     """Item 1: a second run sent to the folder of the first is refused, before any data is
     loaded (here: there is none), unless --overwrite asks for it."""
     out = tmp_path / 'run'
@@ -38,11 +40,12 @@ def test_a_folder_holding_a_run_is_not_overwritten(script, fake_cifar, small_con
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setenv('CIFAR10_DOWNLOAD', '0')
     assert script.main(small_run(str(tmp_path / 'no-data'), out)) == 2
-    hint = (f', continue it with --resume {out}/last.pt' if script is train_convnet_pytorch
-            else '')
-    assert last_error(capsys).endswith(f'error: --out_dir {out} holds another run; choose a '
-                                       f'new folder{hint}, or pass --overwrite to replace its '
-                                       'files.')
+    hint = f', continue it with --resume {out}/last.pt' if script is train_convnet_pytorch else ''
+    assert last_error(capsys).endswith(
+        f'error: --out_dir {out} holds another run; choose a '
+        f'new folder{hint}, or pass --overwrite to replace its '
+        'files.'
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert script.main(small_run(fake_cifar, out, '--overwrite', '--seed', '7')) == 0
     with open(out / 'metrics.json') as f:
@@ -50,8 +53,9 @@ def test_a_folder_holding_a_run_is_not_overwritten(script, fake_cifar, small_con
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
-def test_an_out_dir_that_cannot_be_written_is_refused_first(script, fake_cifar, small_convnet,
-                                                            tmp_path, read_only_dir, capsys):
+def test_an_out_dir_that_cannot_be_written_is_refused_first(
+    script, fake_cifar, small_convnet, tmp_path, read_only_dir, capsys
+):
     """Items 3 and 5: a read-only folder, or a file, as --out_dir: one sentence, exit 2,
     before the data is loaded or a step is taken."""
     a_file = tmp_path / 'a-file'
@@ -65,8 +69,9 @@ def test_an_out_dir_that_cannot_be_written_is_refused_first(script, fake_cifar, 
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
-def test_sigterm_stops_like_ctrl_c(script, fake_cifar, small_convnet, tmp_path, monkeypatch,
-                                   capsys):
+def test_sigterm_stops_like_ctrl_c(
+    script, fake_cifar, small_convnet, tmp_path, monkeypatch, capsys
+):
     """Item 4: SIGTERM mid-step finishes the step, saves what Ctrl-C saves, marks the run
     'interrupted' and exits 143 (128 + 15)."""
     next_batch, calls = DataSet.next_batch, []
@@ -96,9 +101,14 @@ def test_sigterm_from_outside(fake_cifar, tmp_path):
     """Item 4, as a scheduler sends it: another process signals the running script."""
     out = tmp_path / 'run'
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'train_mlp_numpy.py'),
-         *small_run(fake_cifar, out, '--max_steps', '1000000', '--eval_freq', '1')],
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_mlp_numpy.py'),
+            *small_run(fake_cifar, out, '--max_steps', '1000000', '--eval_freq', '1'),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (out / 'metrics.json').exists():  # the first evaluation has been saved
         assert process.poll() is None
     process.send_signal(signal.SIGTERM)
@@ -126,9 +136,15 @@ def test_a_finite_loss_jump_is_not_divergence(tmp_path):
 def test_divergence_message_has_its_own_line(fake_cifar, tmp_path):
     """Item 13: the error is not glued to the progress bar's line."""
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'train_mlp_numpy.py'),
-         *small_run(fake_cifar, tmp_path / 'run', '--learning_rate', '1e30')],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_mlp_numpy.py'),
+            *small_run(fake_cifar, tmp_path / 'run', '--learning_rate', '1e30'),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert '\ntrain_mlp_numpy.py: error: The training loss became' in result.stderr
 
@@ -153,22 +169,31 @@ def test_data_faults_are_one_sentence(case, tmp_path, read_only_dir, monkeypatch
     a_file = tmp_path / 'a-file'
     a_file.write_text('')
     data_dir, expected = {
-        'data_dir is a file': (a_file, f'error: {a_file} is a file; point --data_dir or '
-                                       'CIFAR10_DIR at the folder with data_batch_1..5'),
-        'read-only parent': (f'{read_only_dir}/cifar10/batches', 'error: Cannot download '
-                             f'CIFAR-10 into {read_only_dir}'),
-        'not a URL': (tmp_path / 'cifar10', "error: Could not download CIFAR-10 from notaurl "
-                                            "(unknown url type: 'notaurl')"),
+        'data_dir is a file': (
+            a_file,
+            f'error: {a_file} is a file; point --data_dir or '
+            'CIFAR10_DIR at the folder with data_batch_1..5',
+        ),
+        'read-only parent': (
+            f'{read_only_dir}/cifar10/batches',
+            f'error: Cannot download CIFAR-10 into {read_only_dir}',
+        ),
+        'not a URL': (
+            tmp_path / 'cifar10',
+            "error: Could not download CIFAR-10 from notaurl (unknown url type: 'notaurl')",
+        ),
     }[case]
     monkeypatch.setenv('CIFAR10_URL', 'notaurl')
-    assert train_mlp_numpy.main(['--data_dir', str(data_dir),
-                                 '--out_dir', str(tmp_path / 'run')]) == 1
+    assert (
+        train_mlp_numpy.main(['--data_dir', str(data_dir), '--out_dir', str(tmp_path / 'run')]) == 1
+    )
     assert expected in last_error(capsys)
     assert not (tmp_path / 'run').exists()
 
 
-def test_a_torn_step_promises_no_checkpoint(fake_cifar, small_convnet, tmp_path, monkeypatch,
-                                            capsys):
+def test_a_torn_step_promises_no_checkpoint(
+    fake_cifar, small_convnet, tmp_path, monkeypatch, capsys
+):
     """Item 13: a second Ctrl-C stops mid-step, before any evaluation: no last.pt exists, and
     no message points to one."""
     next_batch = DataSet.next_batch
@@ -193,6 +218,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     """Without --out_dir (or with an empty one) each run takes a new folder under runs/, named
     by the second it started; two started together both pick the name, and the one that writes
     second takes the name with -2 instead of writing into the other's folder."""
+
     class Frozen(train_utils.datetime):
         @classmethod
         def now(cls, tz=None):
@@ -205,8 +231,11 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
         with run:
             run.log_step(1, 2.3)
     folders = {run.metrics['flags']['seed']: run.out_dir for run in (first, second, run)}
-    assert folders == {2: 'runs/train_x-20260102-030405', 1: 'runs/train_x-20260102-030405-2',
-                       3: 'runs/train_x-20260102-030405-3'}
+    assert folders == {
+        2: 'runs/train_x-20260102-030405',
+        1: 'runs/train_x-20260102-030405-2',
+        3: 'runs/train_x-20260102-030405-3',
+    }
     for seed, folder in folders.items():
         with open(os.path.join(folder, 'metrics.json')) as f:
             metrics = json.load(f)
@@ -236,9 +265,11 @@ def test_ctrl_c_while_the_run_is_saved_does_not_cut_the_save_short(tmp_path, mon
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
-def test_ctrl_c_before_the_first_step_is_one_sentence(script, fake_cifar, small_convnet,
-                                                      tmp_path, monkeypatch, capsys):
+def test_ctrl_c_before_the_first_step_is_one_sentence(
+    script, fake_cifar, small_convnet, tmp_path, monkeypatch, capsys
+):
     """Ctrl-C while the data loads: exit 130, one sentence, no folder."""
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -248,30 +279,38 @@ def test_ctrl_c_before_the_first_step_is_one_sentence(script, fake_cifar, small_
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('script, kwargs, message', [
-    (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer > 0, got 0.'),
-    (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer > 0, got 0.'),
-    (train_convnet_pytorch, {'seed': -1}, 'seed must be an integer >= 0, got -1.'),
-    (train_mlp_numpy, {'dnn_hidden_units': 'abc'}, 'expected comma-separated positive'),
-    (train_mlp_pytorch, {'dnn_hidden_units': [0]}, 'dnn_hidden_units must be a list of positive'),
-    (train_mlp_numpy, {'dnn_hidden_units': 100}, 'dnn_hidden_units must be a list of positive'),
-    (train_convnet_pytorch, {'device': 'tpu'}, 'device must be one of auto, cpu, cuda'),
-], ids=['eval_freq', 'max_steps', 'seed', 'hidden-text', 'hidden-zero', 'hidden-int', 'device'])
-def test_bad_values_from_python_are_one_sentence_before_the_data(script, kwargs, message,
-                                                                  small_convnet, tmp_path,
-                                                                  monkeypatch):
+@pytest.mark.parametrize(
+    'script, kwargs, message',
+    [
+        (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer > 0, got 0.'),
+        (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer > 0, got 0.'),
+        (train_convnet_pytorch, {'seed': -1}, 'seed must be an integer >= 0, got -1.'),
+        (train_mlp_numpy, {'dnn_hidden_units': 'abc'}, 'expected comma-separated positive'),
+        (
+            train_mlp_pytorch,
+            {'dnn_hidden_units': [0]},
+            'dnn_hidden_units must be a list of positive',
+        ),
+        (train_mlp_numpy, {'dnn_hidden_units': 100}, 'dnn_hidden_units must be a list of positive'),
+        (train_convnet_pytorch, {'device': 'tpu'}, 'device must be one of auto, cpu, cuda'),
+    ],
+    ids=['eval_freq', 'max_steps', 'seed', 'hidden-text', 'hidden-zero', 'hidden-int', 'device'],
+)
+def test_bad_values_from_python_are_one_sentence_before_the_data(
+    script, kwargs, message, small_convnet, tmp_path, monkeypatch
+):
     """train(...) checks what the command line's types check, before the data loads (here
     there is none to load: a check made after it would fail on the data instead)."""
     monkeypatch.setenv('CIFAR10_DOWNLOAD', '0')
     with pytest.raises(ValueError, match=message):
-        script.train(data_dir=str(tmp_path / 'no-data'), out_dir=str(tmp_path / 'run'),
-                     **kwargs)
+        script.train(data_dir=str(tmp_path / 'no-data'), out_dir=str(tmp_path / 'run'), **kwargs)
     assert not (tmp_path / 'run').exists()
 
 
 def test_sigterm_during_the_download_leaves_nothing(tmp_path, monkeypatch, capsys):
     """SIGTERM while CIFAR-10 downloads stops it as Ctrl-C does: the partial archive is
     deleted, exit 143."""
+
     class Response:  # a download that a scheduler's SIGTERM interrupts
         headers = {}
 
@@ -285,11 +324,14 @@ def test_sigterm_during_the_download_leaves_nothing(tmp_path, monkeypatch, capsy
             os.kill(os.getpid(), signal.SIGTERM)
             return b'x' * 1000
 
-    monkeypatch.setattr(train_mlp_numpy.cifar10_utils.urllib.request, 'urlopen',
-                        lambda url, timeout: Response())
+    monkeypatch.setattr(
+        train_mlp_numpy.cifar10_utils.urllib.request, 'urlopen', lambda url, timeout: Response()
+    )
     data_dir = tmp_path / 'data' / 'cifar-10-batches-py'
-    assert train_mlp_numpy.main(['--data_dir', str(data_dir),
-                                 '--out_dir', str(tmp_path / 'run')]) == 143
+    assert (
+        train_mlp_numpy.main(['--data_dir', str(data_dir), '--out_dir', str(tmp_path / 'run')])
+        == 143
+    )
     err = capsys.readouterr().err
     assert 'Traceback' not in err and 'Download interrupted; nothing was kept.' in err
     assert err.strip().splitlines()[-1] == 'Interrupted before the first step; nothing was saved.'

@@ -1,6 +1,7 @@
 """Tests for the NumPy BatchNormModule and DropoutModule in modules.py: batch norm against
 torch.nn.BatchNorm1d step by step, dropout's statistics, scaling, modes and argument check.
 (Their gradient checks against central differences are in unittests.py.)"""
+
 import numpy as np
 import pytest
 import torch
@@ -211,8 +212,10 @@ def test_batchnorm_in_place_lines_are_its_formulas():
         np.testing.assert_allclose(y, gamma * x_hat + beta, rtol=1e-13, atol=1e-13)
         dx = bn.backward(dy)
         np.testing.assert_allclose(bn.grads['beta'], dy.sum(0), rtol=1e-13, atol=1e-13)
-        np.testing.assert_allclose(bn.grads['gamma'], (dy * x_hat).sum(0), rtol=1e-13,
-                                   atol=1e-13)
-        expected = (gamma / (B * sigma) * (B * dy - dy.sum(0) - x_hat * (dy * x_hat).sum(0))
-                    if training else gamma / sigma * dy)
+        np.testing.assert_allclose(bn.grads['gamma'], (dy * x_hat).sum(0), rtol=1e-13, atol=1e-13)
+        expected = (
+            gamma / (B * sigma) * (B * dy - dy.sum(0) - x_hat * (dy * x_hat).sum(0))
+            if training
+            else gamma / sigma * dy
+        )
         np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-13)

@@ -8,6 +8,7 @@ rounding, where NumPy rounds twice), so the two differ by about an ulp per opera
 element that passes near 0 (the difference of two larger numbers) keeps that absolute error
 of ~1e-16 and can then be 1e-12 off relative to itself; the parameters are therefore compared
 to 1e-12 relative to each element or, for such elements, to the largest one of the array."""
+
 import warnings
 
 import numpy as np
@@ -29,8 +30,9 @@ def make_pairs(seed=0):
     return pairs, tensors
 
 
-def run_side_by_side(np_opt, torch_opt, pairs, tensors, np_sched=None, torch_sched=None,
-                     steps=50, seed=1):
+def run_side_by_side(
+    np_opt, torch_opt, pairs, tensors, np_sched=None, torch_sched=None, steps=50, seed=1
+):
     """Feed both the same gradients for `steps` steps and compare after each one."""
     rng = np.random.default_rng(seed)
     group = torch_opt.param_groups[0]
@@ -46,8 +48,13 @@ def run_side_by_side(np_opt, torch_opt, pairs, tensors, np_sched=None, torch_sch
             torch_sched.step()
         for (p, g), t, g0 in zip(pairs, tensors, grads_before):
             expected = t.detach().numpy()
-            np.testing.assert_allclose(p, expected, rtol=RTOL, atol=RTOL * np.abs(expected).max(),
-                                       err_msg=f'param after step {step}')
+            np.testing.assert_allclose(
+                p,
+                expected,
+                rtol=RTOL,
+                atol=RTOL * np.abs(expected).max(),
+                err_msg=f'param after step {step}',
+            )
             np.testing.assert_array_equal(g, g0, err_msg='the optimizer wrote into a grad')
         np.testing.assert_allclose(np_opt.lr, group['lr'], rtol=RTOL, err_msg=f'lr {step}')
         if 'betas' in group:
@@ -59,10 +66,16 @@ def run_side_by_side(np_opt, torch_opt, pairs, tensors, np_sched=None, torch_sch
 OPTIMIZERS = {
     'sgd': (optimizers.SGD, torch.optim.SGD, dict(lr=0.1)),
     'sgd_momentum': (optimizers.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
-    'sgd_nesterov_wd': (optimizers.SGD, torch.optim.SGD,
-                        dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
-    'adam_l2': (optimizers.Adam, torch.optim.Adam,
-                dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
+    'sgd_nesterov_wd': (
+        optimizers.SGD,
+        torch.optim.SGD,
+        dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    ),
+    'adam_l2': (
+        optimizers.Adam,
+        torch.optim.Adam,
+        dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2),
+    ),
     'adamw': (optimizers.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
 }
 
@@ -127,8 +140,9 @@ def test_one_cycle_cycles_momentum_of_plain_sgd():
     np_sched = optimizers.OneCycleLR(np_opt, max_lr=0.1, total_steps=30, pct_start=0.25)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch_sched = torch.optim.lr_scheduler.OneCycleLR(torch_opt, max_lr=0.1,
-                                                          total_steps=30, pct_start=0.25)
+        torch_sched = torch.optim.lr_scheduler.OneCycleLR(
+            torch_opt, max_lr=0.1, total_steps=30, pct_start=0.25
+        )
     run_side_by_side(np_opt, torch_opt, pairs, tensors, np_sched, torch_sched, steps=30)
 
 
@@ -136,8 +150,11 @@ def test_float32_state_and_update_stay_float32():
     rng = np.random.default_rng(0)
     p = rng.normal(size=(4, 3)).astype(np.float32)
     g = rng.normal(size=(4, 3)).astype(np.float32)
-    for opt in (optimizers.SGD([(p, g)], lr=0.1, momentum=0.9, weight_decay=1e-4),
-                optimizers.Adam([(p, g)], weight_decay=1e-4), optimizers.AdamW([(p, g)])):
+    for opt in (
+        optimizers.SGD([(p, g)], lr=0.1, momentum=0.9, weight_decay=1e-4),
+        optimizers.Adam([(p, g)], weight_decay=1e-4),
+        optimizers.AdamW([(p, g)]),
+    ):
         opt.step()
         opt.step()
         state = [getattr(opt, name) for name in ('buffers', 'm', 'v') if hasattr(opt, name)]
@@ -157,27 +174,32 @@ def one_cycle(**kwargs):
     return optimizers.OneCycleLR(sgd(), **{'max_lr': 0.1, 'total_steps': 10, **kwargs})
 
 
-@pytest.mark.parametrize('build, message', [
-    (lambda: sgd(lr=0), 'lr must be positive'),
-    (lambda: sgd(momentum=-0.1), 'momentum must be non-negative'),
-    (lambda: sgd(nesterov=True), 'nesterov=True needs a positive momentum'),
-    (lambda: sgd(weight_decay=-1), 'weight_decay must be non-negative'),
-    (lambda: adam(lr=-1e-3), 'lr must be positive'),
-    (lambda: adam(betas=(0.9, 1.0)), r'betas must lie in \[0, 1\)'),
-    (lambda: adam(betas=(-0.1, 0.9)), r'betas must lie in \[0, 1\)'),
-    (lambda: adam(eps=-1), 'eps must be non-negative'),
-    (lambda: optimizers.AdamW([(np.zeros(2), np.zeros(2))], weight_decay=-1),
-     'weight_decay must be non-negative'),
-    (lambda: optimizers.CosineAnnealingLR(sgd(), T_max=0), 'T_max must be a positive'),
-    (lambda: optimizers.CosineAnnealingLR(sgd(), 10, eta_min=-1), 'eta_min must be'),
-    (lambda: one_cycle(max_lr=0), 'max_lr, div_factor and final_div_factor must be positive'),
-    (lambda: one_cycle(div_factor=0), 'max_lr, div_factor and final_div_factor must be'),
-    (lambda: one_cycle(total_steps=0), 'total_steps must be a positive integer'),
-    (lambda: one_cycle(total_steps=10.0), 'total_steps must be a positive integer'),
-    (lambda: one_cycle(pct_start=1.0), r'pct_start must lie in \[0, 1\)'),
-    (lambda: one_cycle(pct_start=0.1), 'not making a phase 0 steps long'),  # 0.1 * 10 == 1
-    (lambda: one_cycle(base_momentum=0.99), 'base_momentum <= max_momentum'),
-])
+@pytest.mark.parametrize(
+    'build, message',
+    [
+        (lambda: sgd(lr=0), 'lr must be positive'),
+        (lambda: sgd(momentum=-0.1), 'momentum must be non-negative'),
+        (lambda: sgd(nesterov=True), 'nesterov=True needs a positive momentum'),
+        (lambda: sgd(weight_decay=-1), 'weight_decay must be non-negative'),
+        (lambda: adam(lr=-1e-3), 'lr must be positive'),
+        (lambda: adam(betas=(0.9, 1.0)), r'betas must lie in \[0, 1\)'),
+        (lambda: adam(betas=(-0.1, 0.9)), r'betas must lie in \[0, 1\)'),
+        (lambda: adam(eps=-1), 'eps must be non-negative'),
+        (
+            lambda: optimizers.AdamW([(np.zeros(2), np.zeros(2))], weight_decay=-1),
+            'weight_decay must be non-negative',
+        ),
+        (lambda: optimizers.CosineAnnealingLR(sgd(), T_max=0), 'T_max must be a positive'),
+        (lambda: optimizers.CosineAnnealingLR(sgd(), 10, eta_min=-1), 'eta_min must be'),
+        (lambda: one_cycle(max_lr=0), 'max_lr, div_factor and final_div_factor must be positive'),
+        (lambda: one_cycle(div_factor=0), 'max_lr, div_factor and final_div_factor must be'),
+        (lambda: one_cycle(total_steps=0), 'total_steps must be a positive integer'),
+        (lambda: one_cycle(total_steps=10.0), 'total_steps must be a positive integer'),
+        (lambda: one_cycle(pct_start=1.0), r'pct_start must lie in \[0, 1\)'),
+        (lambda: one_cycle(pct_start=0.1), 'not making a phase 0 steps long'),  # 0.1 * 10 == 1
+        (lambda: one_cycle(base_momentum=0.99), 'base_momentum <= max_momentum'),
+    ],
+)
 def test_bad_arguments_raise_value_error(build, message):
     with pytest.raises(ValueError, match=message):
         build()
@@ -191,7 +213,8 @@ def test_adam_step_is_its_docstring_formula(decoupled):
     rng = np.random.default_rng(0)
     p, grad = rng.standard_normal((2, 3, 4))
     adam = (optimizers.AdamW if decoupled else optimizers.Adam)(
-        [(p, grad)], lr=0.1, weight_decay=0.01)
+        [(p, grad)], lr=0.1, weight_decay=0.01
+    )
     q, m, v, (b1, b2), eps, lr, wd = p.copy(), 0.0, 0.0, adam.betas, adam.eps, 0.1, 0.01
     for t in range(1, 6):
         grad[...] = rng.standard_normal(grad.shape)

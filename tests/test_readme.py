@@ -1,5 +1,6 @@
 """README.md is a front door that tells the truth: short, and every number of its results
 table is the one its run folder recorded."""
+
 import json
 import os
 import re
@@ -36,8 +37,9 @@ def test_every_result_is_its_run_folders():
         path = os.path.join(ROOT, folder)
         if os.path.exists(os.path.join(path, 'best.json')):  # the grid search
             record = json.load(open(os.path.join(path, 'best.json')))
-            assert accuracy == (f'CV {record["best_cv_score"]:.3f}, refit: test '
-                                f'{record["test_accuracy"]:.3f}'), folder
+            assert accuracy == (
+                f'CV {record["best_cv_score"]:.3f}, refit: test {record["test_accuracy"]:.3f}'
+            ), folder
         else:
             record = json.load(open(os.path.join(path, 'metrics.json')))
             assert record['status'] == 'completed', folder

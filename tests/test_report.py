@@ -1,5 +1,6 @@
 """report/make_report.py on tiny fake runs: figures, tables, the PDF, and one-line errors for
 broken runs (tests/test_report_content.py checks the committed report itself)."""
+
 import json
 import os
 import shutil
@@ -16,18 +17,32 @@ import make_report  # noqa: E402
 from fake_runs import RUNS, fake_metrics, fake_project  # noqa: E402
 
 # The curves and the heatmap are their owners' PNGs (train_utils.plot_curves, gridsearch.py).
-FIGURES = [*(f'curves_{name}.png' for name in RUNS), 'comparison.pdf', 'comparison.png',
-           'gridsearch_heatmap.png']
-TABLES = ['runs.tex', 'results.tex', 'results.md', 'modifications.tex', 'modifications.md',
-          'commands.tex', 'gridsearch.tex', 'changes.tex']
+FIGURES = [
+    *(f'curves_{name}.png' for name in RUNS),
+    'comparison.pdf',
+    'comparison.png',
+    'gridsearch_heatmap.png',
+]
+TABLES = [
+    'runs.tex',
+    'results.tex',
+    'results.md',
+    'modifications.tex',
+    'modifications.md',
+    'commands.tex',
+    'gridsearch.tex',
+    'changes.tex',
+]
 
 
 def markdown_rows(path):
     """The cells of a Markdown table, row by row (the header first, the |---| line left out)."""
     lines = path.read_text().splitlines()
     assert set(lines[1]) <= set('|-: '), 'the second line separates the header'
-    return [[cell.strip() for cell in line.strip().strip('|').split('|')]
-            for line in [lines[0], *lines[2:]]]
+    return [
+        [cell.strip() for cell in line.strip().strip('|').split('|')]
+        for line in [lines[0], *lines[2:]]
+    ]
 
 
 @pytest.fixture(scope='module')
@@ -56,21 +71,37 @@ def test_every_figure_and_table(report):
     assert not list(out.rglob('*.tmp*')), 'a temporary file was left behind'
 
     results = markdown_rows(out / 'tables' / 'results.md')
-    assert results[0] == ['model', 'command', 'final test accuracy', 'best.pt test accuracy',
-                          'steps', 'time', 'device']
+    assert results[0] == [
+        'model',
+        'command',
+        'final test accuracy',
+        'best.pt test accuracy',
+        'steps',
+        'time',
+        'device',
+    ]
     # No best of several evaluations on the test set: that number was chosen on the test set.
-    assert results[1] == ['mlp numpy default', '`python train_mlp_numpy.py`', '0.500', '--',
-                          '30', '12 s', 'cpu']
+    assert results[1] == [
+        'mlp numpy default',
+        '`python train_mlp_numpy.py`',
+        '0.500',
+        '--',
+        '30',
+        '12 s',
+        'cpu',
+    ]
     assert results[4][-2:] == ['about 1 h alone', 'cpu']
     # A run that chose on validation: the test set once, on its final weights and its best.pt.
     assert results[5][2:5] == ['0.625', '0.750', '30']
     assert (out / 'tables' / 'fast.tex').read_text().splitlines()[4:6] == [
         r'convnet default & 0.500 & -{}- & 30 & about 1 h alone \\',
-        r'convnet fast & 0.625 & 0.750 & 30 & 12 s \\']
+        r'convnet fast & 0.625 & 0.750 & 30 & 12 s \\',
+    ]
     # One change a row: each run's validation accuracy, then its test accuracy, tested once.
     assert (out / 'tables' / 'changes.tex').read_text().splitlines()[4:6] == [
         r'+ a split & 0.500 & 0.625 & 30 & 12 s \\',
-        r'no split & -{}- & 0.500 & 30 & about 1 h alone \\']
+        r'no split & -{}- & 0.500 & 30 & about 1 h alone \\',
+    ]
     mods = markdown_rows(out / 'tables' / 'modifications.md')
     # No times in the ladder: its runs shared a machine, so their wall times do not compare.
     assert mods[0] == ['modification', 'flags changed', 'final test accuracy', 'steps']
@@ -84,7 +115,8 @@ def test_every_figure_and_table(report):
     assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
     assert 'test accuracy after refitting on the whole training set 0.450' in macros
     train_loss = json.loads((out.parent / 'runs' / 'convnet_fast' / 'metrics.json').read_text())[
-        'train_loss']
+        'train_loss'
+    ]
     assert f'run:convnet_fast:firstloss\\endcsname{{{train_loss[0]:.1f}}}' in macros
     assert f'run:convnet_fast:trainloss\\endcsname{{{np.mean(train_loss[-3:]):.2f}}}' in macros
     assert 'run:convnet_fast:evalloss\\endcsname{1.50}' in macros  # 2.0 - the last accuracy
@@ -97,10 +129,12 @@ def test_every_figure_and_table(report):
     assert "warning: run 'mlp_pytorch_adam' diverged at step 30; the report shows" in err
 
 
-@pytest.mark.skipif(shutil.which('pdflatex') is None,
-                    reason='pdflatex is not installed: the PDF build is not tested '
-                           '(apt-get install texlive-latex-base texlive-latex-recommended '
-                           'texlive-fonts-recommended latexmk)')
+@pytest.mark.skipif(
+    shutil.which('pdflatex') is None,
+    reason='pdflatex is not installed: the PDF build is not tested '
+    '(apt-get install texlive-latex-base texlive-latex-recommended '
+    'texlive-fonts-recommended latexmk)',
+)
 def test_pdf_builds(report):
     out, stdout, _ = report
     pdf = out / 'report.pdf'
@@ -112,12 +146,15 @@ def test_pdf_builds(report):
 
 @pytest.mark.skipif(shutil.which('pdflatex') is None, reason='pdflatex is not installed')
 def test_latex_error_is_one_line(tmp_path):
-    (tmp_path / 'report.tex').write_text('\\documentclass{article}\\begin{document}\\undefined'
-                                         '\\end{document}\n')
+    (tmp_path / 'report.tex').write_text(
+        '\\documentclass{article}\\begin{document}\\undefined\\end{document}\n'
+    )
     with pytest.raises(make_report.ReportError) as e:
         make_report.build_pdf(str(tmp_path))
-    assert str(e.value) == (f'LaTeX failed building report.pdf (! Undefined control sequence.); '
-                            f'the full log is {tmp_path}/report.log.')
+    assert str(e.value) == (
+        f'LaTeX failed building report.pdf (! Undefined control sequence.); '
+        f'the full log is {tmp_path}/report.log.'
+    )
     assert not (tmp_path / 'report.pdf').exists()
 
 
@@ -128,17 +165,32 @@ def test_no_latex_is_one_line_and_success(report, monkeypatch):
     assert '\n' not in message
 
 
-@pytest.mark.parametrize('folder, name, content, problem', [
-    ('mlp_numpy_default', 'metrics.json', '[1, 2]', 'metrics.json is not a JSON object'),
-    ('mlp_numpy_default', 'metrics.json', '{"steps": [1]}',
-     'metrics.json lacks "train_loss" or holds it with the wrong type'),
-    ('convnet_default', 'metrics.json', None,
-     'metrics.json has a series that holds something other than numbers'),
-    ('gridsearch', 'best.json', '{"best_params": []}',
-     'best.json lacks "best_params" or holds it with the wrong type'),
-    ('gridsearch', 'heatmap.png', 'REMOVE', 'heatmap.png not found'),
-    ('gridsearch', 'results.tex', 'REMOVE', 'results.tex not found'),
-])
+@pytest.mark.parametrize(
+    'folder, name, content, problem',
+    [
+        ('mlp_numpy_default', 'metrics.json', '[1, 2]', 'metrics.json is not a JSON object'),
+        (
+            'mlp_numpy_default',
+            'metrics.json',
+            '{"steps": [1]}',
+            'metrics.json lacks "train_loss" or holds it with the wrong type',
+        ),
+        (
+            'convnet_default',
+            'metrics.json',
+            None,
+            'metrics.json has a series that holds something other than numbers',
+        ),
+        (
+            'gridsearch',
+            'best.json',
+            '{"best_params": []}',
+            'best.json lacks "best_params" or holds it with the wrong type',
+        ),
+        ('gridsearch', 'heatmap.png', 'REMOVE', 'heatmap.png not found'),
+        ('gridsearch', 'results.tex', 'REMOVE', 'results.tex not found'),
+    ],
+)
 def test_a_broken_run_is_one_line(tmp_path, capsys, folder, name, content, problem):
     """A run folder whose files are not what its writer writes (valid JSON of the wrong shape,
     a grid without its table or heatmap) is named with what is wrong: exit 1, no traceback;
@@ -162,27 +214,47 @@ def test_a_broken_run_is_one_line(tmp_path, capsys, folder, name, content, probl
 def test_missing_run_names_it_and_its_command(tmp_path):
     runs = fake_project(tmp_path, skip=('convnet_default',))
     out = tmp_path / 'out'
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'report', 'make_report.py'),
-                             '--runs', runs, '--out_dir', str(out), '--no-pdf'],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'report', 'make_report.py'),
+            '--runs',
+            runs,
+            '--out_dir',
+            str(out),
+            '--no-pdf',
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     folder = tmp_path / 'runs' / 'convnet_default'
-    assert (f"error: run 'convnet_default' is missing ({folder}/metrics.json not found); "
-            f'produce it with:\n    python train_convnet_pytorch.py --out_dir {folder}'
-            in result.stderr)
+    assert (
+        f"error: run 'convnet_default' is missing ({folder}/metrics.json not found); "
+        f'produce it with:\n    python train_convnet_pytorch.py --out_dir {folder}' in result.stderr
+    )
     assert '--allow-missing' in result.stderr
     assert not out.exists(), 'nothing is written when a run is missing'
 
 
 def test_allow_missing_draws_placeholders(tmp_path):
     runs = tmp_path / 'runs.json'
-    runs.write_text(json.dumps({
-        'runs': {'gone': {'label': 'gone', 'path': str(tmp_path / 'gone')}},
-        'gridsearch': {'path': str(tmp_path / 'no_grid')}}))
+    runs.write_text(
+        json.dumps(
+            {
+                'runs': {'gone': {'label': 'gone', 'path': str(tmp_path / 'gone')}},
+                'gridsearch': {'path': str(tmp_path / 'no_grid')},
+            }
+        )
+    )
     out = tmp_path / 'out'
-    assert make_report.main(['--runs', str(runs), '--out_dir', str(out), '--no-pdf',
-                             '--allow-missing']) == 0
+    assert (
+        make_report.main(
+            ['--runs', str(runs), '--out_dir', str(out), '--no-pdf', '--allow-missing']
+        )
+        == 0
+    )
     for name in ('curves_gone.png', 'comparison.pdf', 'gridsearch_heatmap.png'):
         assert (out / 'figures' / name).exists()
     assert markdown_rows(out / 'tables' / 'results.md')[1][:3] == ['gone', '``', 'missing']
@@ -209,7 +281,8 @@ def test_convnet_ladder_names_only_runs(tmp_path, capsys):
     assert make_report.main(['--runs', runs, '--out_dir', str(tmp_path), '--no-pdf']) == 2
     assert capsys.readouterr().err.strip() == (
         f"make_report: error: {runs}: convnet_ladder names 'convnet_slow', which is not one "
-        'of "runs".')
+        'of "runs".'
+    )
 
 
 def test_rerun_uses_the_recorded_command(tmp_path):
@@ -221,24 +294,48 @@ def test_rerun_uses_the_recorded_command(tmp_path):
     fake_metrics(folder, 'train_mlp_numpy.py')
     with open(folder / 'metrics.json') as f:
         metrics = json.load(f)
-    metrics['command'] = ['python', 'train_mlp_numpy.py', '--seed', '3', '--out_dir',
-                          '/elsewhere', '--data_dir', '/tmp/cifar10', '--resume=x']
+    metrics['command'] = [
+        'python',
+        'train_mlp_numpy.py',
+        '--seed',
+        '3',
+        '--out_dir',
+        '/elsewhere',
+        '--data_dir',
+        '/tmp/cifar10',
+        '--resume=x',
+    ]
     with open(folder / 'metrics.json', 'w') as f:
         json.dump(metrics, f)
     runs = tmp_path / 'runs.json'
-    runs.write_text(json.dumps({'runs': {'r': {'path': str(folder),
-                                               'command': ['python', 'train_mlp_pytorch.py']}},
-                                'gridsearch': {'path': str(tmp_path / 'grid')}}))
+    runs.write_text(
+        json.dumps(
+            {
+                'runs': {'r': {'path': str(folder), 'command': ['python', 'train_mlp_pytorch.py']}},
+                'gridsearch': {'path': str(tmp_path / 'grid')},
+            }
+        )
+    )
     (run,) = make_report.load_config(str(runs)).folders[:1]
     run.load()
     assert make_report.safe_command(run) == [
-        sys.executable, os.path.join(ROOT, 'train_mlp_numpy.py'), '--seed', '3',
-        '--out_dir', str(folder), '--overwrite']
+        sys.executable,
+        os.path.join(ROOT, 'train_mlp_numpy.py'),
+        '--seed',
+        '3',
+        '--out_dir',
+        str(folder),
+        '--overwrite',
+    ]
     os.remove(folder / 'metrics.json')
     run.load()
     assert make_report.safe_command(run) == [
-        sys.executable, os.path.join(ROOT, 'train_mlp_pytorch.py'), '--out_dir', str(folder),
-        '--overwrite']
+        sys.executable,
+        os.path.join(ROOT, 'train_mlp_pytorch.py'),
+        '--out_dir',
+        str(folder),
+        '--overwrite',
+    ]
     with pytest.raises(make_report.ReportError, match='unknown run'):
         make_report.rerun(make_report.load_config(str(runs)), ['nope'])
 

@@ -2,6 +2,7 @@
 make_report.py writes from those runs; every test it cites exists; and numerical checks of
 formulas it derives that unittests.py does not check as written (the full softmax Jacobian, the
 fused softmax + cross-entropy gradient, the batch-norm gradient's path-by-path form)."""
+
 import os
 import re
 import sys
@@ -28,9 +29,11 @@ def test_the_committed_report_comes_from_its_runs(tmp_path):
     with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
         tex = re.sub(r'(?<!\\)%.*', '', f.read())  # without its comments
     macros = (tmp_path / 'runs.tex').read_text()
-    cited = [*((name, 'final') for name in re.findall(r'\\finalacc\{([^}]*)\}', tex)),
-             *((name, 'summary') for name in re.findall(r'\\runsummary\{([^}]*)\}', tex)),
-             *re.findall(r'\\runval\{([^}]*)\}\{([^}]*)\}', tex)]
+    cited = [
+        *((name, 'final') for name in re.findall(r'\\finalacc\{([^}]*)\}', tex)),
+        *((name, 'summary') for name in re.findall(r'\\runsummary\{([^}]*)\}', tex)),
+        *re.findall(r'\\runval\{([^}]*)\}\{([^}]*)\}', tex),
+    ]
     assert len(cited) > 20
     for name, key in cited:
         if name.startswith('#'):  # the macros' own definitions
@@ -65,8 +68,12 @@ def test_softmax_jacobian_as_written():
     x = np.random.default_rng(0).standard_normal((1, 5))
     y = SoftMaxModule().forward(x)[0]
     jacobian = np.diag(y) - np.outer(y, y)
-    numeric = np.stack([eval_numerical_gradient_array(SoftMaxModule().forward, x.copy(),
-                                                      np.eye(5)[[i]])[0] for i in range(5)])
+    numeric = np.stack(
+        [
+            eval_numerical_gradient_array(SoftMaxModule().forward, x.copy(), np.eye(5)[[i]])[0]
+            for i in range(5)
+        ]
+    )
     np.testing.assert_allclose(jacobian, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -101,20 +108,24 @@ def test_batchnorm_gradient_path_by_path():
     b = x.shape[0]
     mu = x.mean(0)
     var = ((x - mu) ** 2).mean(0)
-    g = gamma * dy                                              # dL/dx_hat
+    g = gamma * dy  # dL/dx_hat
     d_var = (g * (x - mu)).sum(0) * -0.5 * (var + eps) ** -1.5
     d_mu = -(g / torch.sqrt(var + eps)).sum(0) + d_var * (-2 / b) * (x - mu).sum(0)
     dx = g / torch.sqrt(var + eps) + d_var * 2 * (x - mu) / b + d_mu / b
     torch.testing.assert_close(dx, leaf.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(leaf.grad.sum(0), torch.zeros(3, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        leaf.grad.sum(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     # Orthogonal to x_hat up to eps: sum_b x_hat_b dL/dx_b = gamma s eps / (var + eps) *
     # sum_b dL/dy_b x_hat_b.
     s = (var + eps) ** -0.5
     x_hat = (x - mu) * s
-    torch.testing.assert_close((x_hat * leaf.grad).sum(0),
-                               gamma * s * eps / (var + eps) * (dy * x_hat).sum(0),
-                               rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        (x_hat * leaf.grad).sum(0),
+        gamma * s * eps / (var + eps) * (dy * x_hat).sum(0),
+        rtol=1e-6,
+        atol=1e-12,
+    )
 
 
 def test_every_folder_has_a_name_of_its_own():

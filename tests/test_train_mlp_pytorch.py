@@ -1,4 +1,5 @@
 """mlp_pytorch.py and train_mlp_pytorch.py."""
+
 import json
 import os
 import subprocess
@@ -36,21 +37,29 @@ def test_course_mlp_structure_and_initialisation():
     assert [type(m) for m in MLP(5, [], 3).layers] == [nn.Linear]
 
 
-@pytest.mark.parametrize('batchnorm, cls', [('torch', nn.BatchNorm1d),
-                                            ('autograd', CustomBatchNormAutograd),
-                                            ('manual', CustomBatchNormManualModule)])
+@pytest.mark.parametrize(
+    'batchnorm, cls',
+    [
+        ('torch', nn.BatchNorm1d),
+        ('autograd', CustomBatchNormAutograd),
+        ('manual', CustomBatchNormManualModule),
+    ],
+)
 def test_options_build_the_layers(batchnorm, cls):
     model = MLP(12, [8, 6], 3, batchnorm=batchnorm, dropout=0.5, activation='gelu')
     kinds = [type(m) for m in model.layers]
     assert kinds == [nn.Linear, cls, nn.GELU, nn.Dropout] * 2 + [nn.Linear]
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(batchnorm='batch'), 'batchnorm must be one of none, torch, autograd, manual'),
-    (dict(activation='tanh'), 'activation must be one of'),
-    (dict(init='xavier'), 'init must be one of course, kaiming'),
-    (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(batchnorm='batch'), 'batchnorm must be one of none, torch, autograd, manual'),
+        (dict(activation='tanh'), 'activation must be one of'),
+        (dict(init='xavier'), 'init must be one of course, kaiming'),
+        (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
+    ],
+)
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MLP(4, [3], 2, **kwargs)
@@ -70,9 +79,17 @@ def test_evaluation_uses_eval_mode():
 
 def test_train_writes_the_shared_schema(fake_cifar, tmp_path):
     out = tmp_path / 'run'
-    metrics = train_mlp_pytorch.train('20', learning_rate=1e-3, max_steps=40, batch_size=25,
-                                      eval_freq=20, data_dir=fake_cifar, out_dir=str(out),
-                                      optimizer='adam', init='kaiming')
+    metrics = train_mlp_pytorch.train(
+        '20',
+        learning_rate=1e-3,
+        max_steps=40,
+        batch_size=25,
+        eval_freq=20,
+        data_dir=fake_cifar,
+        out_dir=str(out),
+        optimizer='adam',
+        init='kaiming',
+    )
     with open(out / 'metrics.json') as f:
         assert json.load(f) == json.loads(json.dumps(metrics))
     assert (out / 'curves.png').exists()
@@ -83,20 +100,36 @@ def test_train_writes_the_shared_schema(fake_cifar, tmp_path):
 
 @pytest.mark.parametrize('batchnorm', ['torch', 'autograd', 'manual'])
 def test_each_batchnorm_trains_inside_the_mlp(fake_cifar, tmp_path, batchnorm):
-    metrics = train_mlp_pytorch.train('32', learning_rate=1e-3, max_steps=30, batch_size=20,
-                                      eval_freq=30, data_dir=fake_cifar,
-                                      out_dir=str(tmp_path / 'r'), optimizer='adam',
-                                      batchnorm=batchnorm, init='kaiming',
-                                      lr_schedule='onecycle', dropout=0.1)
+    metrics = train_mlp_pytorch.train(
+        '32',
+        learning_rate=1e-3,
+        max_steps=30,
+        batch_size=20,
+        eval_freq=30,
+        data_dir=fake_cifar,
+        out_dir=str(tmp_path / 'r'),
+        optimizer='adam',
+        batchnorm=batchnorm,
+        init='kaiming',
+        lr_schedule='onecycle',
+        dropout=0.1,
+    )
     assert metrics['final_test_accuracy'] >= 0.9
     assert np.mean(metrics['train_loss'][-5:]) < 0.5 * metrics['train_loss'][0]
 
 
 def test_diverging_run(fake_cifar, tmp_path):
     with pytest.raises(FloatingPointError, match='lower --learning_rate'):
-        train_mlp_pytorch.train('20', learning_rate=1e4, max_steps=100, batch_size=20,
-                                data_dir=fake_cifar, out_dir=str(tmp_path / 'r'),
-                                init='kaiming', momentum=0.9)
+        train_mlp_pytorch.train(
+            '20',
+            learning_rate=1e4,
+            max_steps=100,
+            batch_size=20,
+            data_dir=fake_cifar,
+            out_dir=str(tmp_path / 'r'),
+            init='kaiming',
+            momentum=0.9,
+        )
 
 
 def test_bad_values_from_python(fake_cifar, tmp_path, monkeypatch):
@@ -134,19 +167,29 @@ def test_preset_values_and_explicit_flags_win(monkeypatch):
 
 
 def run_script(args, cwd, timeout=120):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'train_mlp_pytorch.py'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train_mlp_pytorch.py'), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'rmsprop'"),
-    (['--dropout', '1'], "argument --dropout: expected a number in [0, 1), got '1'"),
-    (['--weight_decay=-1'], 'argument --weight_decay: expected a number >= 0 that float32'),
-    (['--dnn_hidden_units', '100,x'], 'argument --dnn_hidden_units: expected comma-separated'),
-    (['--preset', 'fastest'], "argument --preset: invalid choice: 'fastest'"),
-    (['--optimizer', 'adamw', '--momentum', '0.9'], 'error: --momentum applies only to '
-                                                    '--optimizer sgd, not adamw.'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'rmsprop'"),
+        (['--dropout', '1'], "argument --dropout: expected a number in [0, 1), got '1'"),
+        (['--weight_decay=-1'], 'argument --weight_decay: expected a number >= 0 that float32'),
+        (['--dnn_hidden_units', '100,x'], 'argument --dnn_hidden_units: expected comma-separated'),
+        (['--preset', 'fastest'], "argument --preset: invalid choice: 'fastest'"),
+        (
+            ['--optimizer', 'adamw', '--momentum', '0.9'],
+            'error: --momentum applies only to --optimizer sgd, not adamw.',
+        ),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(fake_cifar, tmp_path, args, message):
     result = run_script([*args, '--data_dir', fake_cifar], cwd=tmp_path)
     assert result.returncode == 2
@@ -165,9 +208,12 @@ def test_default_run_on_real_data(real_cifar, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
 def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
-    finals = [train_mlp_pytorch.train(data_dir=real_cifar, seed=seed,
-                                      out_dir=str(tmp_path / str(seed)))['final_test_accuracy']
-              for seed in (1, 2, 3)]
+    finals = [
+        train_mlp_pytorch.train(data_dir=real_cifar, seed=seed, out_dir=str(tmp_path / str(seed)))[
+            'final_test_accuracy'
+        ]
+        for seed in (1, 2, 3)
+    ]
     assert np.mean(finals) >= 0.45, finals
 
 
@@ -175,8 +221,11 @@ def test_default_runs_mean_over_seeds(real_cifar, tmp_path):
 @pytest.mark.timeout(4 * 3600)
 def test_best_preset_on_real_data(real_cifar, tmp_path):
     """`--preset best`: at least 0.60 test accuracy, in at most 10 minutes on 2 CPU cores."""
-    result = run_script(['--preset', 'best', '--data_dir', real_cifar,
-                         '--out_dir', str(tmp_path / 'best')], cwd=tmp_path, timeout=900)
+    result = run_script(
+        ['--preset', 'best', '--data_dir', real_cifar, '--out_dir', str(tmp_path / 'best')],
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     with open(tmp_path / 'best' / 'metrics.json') as f:
         metrics = json.load(f)
