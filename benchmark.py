@@ -389,6 +389,9 @@ def main(argv=None):
         help='only print the NumPy ConvNet step layer by layer, at batch 32',
     )
     args, started, cpu = p.parse_args(argv), time.strftime('%Y-%m-%dT%H:%M:%S'), None
+    folder = os.path.dirname(os.path.abspath(args.out or '.'))
+    if args.out and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        p.error(f'--out {args.out}: its folder does not exist or cannot be written to.')
     if args.profile:
         return profile_convnet_numpy()
     print(

@@ -251,9 +251,19 @@ class DataSet:
                 f'the saved batch order covers {len(state["order"])} examples, '
                 f'this set has {self.num_examples}.'
             )
+        order = np.asarray(state['order'])
+        index = state['index_in_epoch']
+        if not (
+            order.dtype.kind in 'iu'
+            and np.array_equal(np.sort(order), np.arange(self.num_examples))
+            and isinstance(index, int)
+            and 0 <= index <= self.num_examples
+            and isinstance(state['epochs_completed'], int)
+        ):
+            raise ValueError('the saved batch order is not an order of this set.')
         self.epochs_completed = state['epochs_completed']
-        self._index_in_epoch = state['index_in_epoch']
-        self._order = np.asarray(state['order'], dtype=np.int64)
+        self._index_in_epoch = index
+        self._order = order.astype(np.int64)
         self.rng.bit_generator.state = state['rng']
 
 

@@ -60,6 +60,8 @@ non_negative_float = _number(float, True, 'a finite number >= 0')
 rate = _number(float, False, 'a number > 0 that float32 can hold (at most 3.4e38)', FLOAT32_MAX)
 decay = _number(float, True, 'a number >= 0 that float32 can hold (at most 3.4e38)', FLOAT32_MAX)
 fraction = _number(float, True, 'a number in [0, 1)', 1.0, high_ok=False)
+# torch, NumPy and scikit-learn all take a seed below 2^32
+seed_int = _number(int, True, 'an integer from 0 to 4294967295', 2**32 - 1)
 crop_padding = _number(int, True, 'an integer from 0 to 16 (half an image)', 16)
 
 
@@ -126,7 +128,7 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     )
     p.add_argument(
         '--seed',
-        type=non_negative_int,
+        type=seed_int,
         default=42,
         help='seed of the initialisation and of the batch order',
     )

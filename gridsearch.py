@@ -29,7 +29,6 @@ import joblib
 import numpy as np
 import torch
 from joblib.externals.loky import get_reusable_executor
-from matplotlib.figure import Figure
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
@@ -43,9 +42,10 @@ from command_line import (
     hidden_units,
     non_negative_int,
     positive_int,
+    seed_int,
 )
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
-from train_utils import atomic_write, check_out_dir, select_device, write_json
+from train_utils import ClaimedFolder, atomic_write, plot_heatmap, select_device, write_json
 
 CONNECT_SECONDS = 20  # for the whole handshake with a Dask scheduler
 DEFAULT_GRID = {
@@ -94,6 +94,8 @@ def build_grid(args):
             from_file = json.loads(Path(args.grid).read_text())
         except OSError as e:
             raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
+        except (UnicodeDecodeError, RecursionError):
+            raise ValueError(f'{args.grid} is not a JSON text of reasonable depth.') from None
         except json.JSONDecodeError as e:
             raise ValueError(
                 f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.'
@@ -196,36 +198,6 @@ def connect(scheduler):
     return client
 
 
-def plot_heatmap(table, path, title):
-    """Learning rate x batch size, a panel per architecture; each cell the best mean CV
-    accuracy over the grid's other keys."""
-    archs = sorted({tuple(r['hidden_units']) for r in table}, key=lambda a: (len(a), a))
-    lrs = sorted({r['learning_rate'] for r in table}, reverse=True)
-    batch_sizes = sorted({r['batch_size'] for r in table})
-    vmax = max(r['mean'] for r in table)
-    fig = Figure(figsize=(0.9 + 2.6 * len(archs), 2.9))  # no pyplot: no global state
-    axes = fig.subplots(1, len(archs), squeeze=False, sharey=True)
-    for ax, arch in zip(axes[0], archs):
-        cells = np.full((len(lrs), len(batch_sizes)), np.nan)
-        for r in reversed(table):  # best last: a cell ends with the best of its settings
-            if tuple(r['hidden_units']) == arch:
-                i, j = lrs.index(r['learning_rate']), batch_sizes.index(r['batch_size'])
-                cells[i, j] = r['mean']
-        image = ax.imshow(cells, cmap='viridis', vmin=0.0, vmax=vmax, aspect='auto')
-        for (i, j), v in np.ndenumerate(cells):
-            if not np.isnan(v):
-                color = 'white' if v < 0.6 * vmax else 'black'  # legible on dark cells
-                ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color=color)
-        ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
-        ax.set_yticks(range(len(lrs)), [f'{lr:g}' for lr in lrs])
-        ax.set_xlabel('batch size')
-        ax.set_title(f'hidden layers {list(arch)}', fontsize=9)
-    axes[0][0].set_ylabel('learning rate')
-    fig.colorbar(image, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)
-    fig.suptitle(title, fontsize=9, y=1.04)  # above the panel titles
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=150, bbox_inches='tight'))
-
-
 def comma_list(convert):
     def parse(text):
         return [convert(part.strip()) for part in text.split(',')]
@@ -303,9 +275,7 @@ def build_parser():
         '--data_dir',
         help='CIFAR-10 batch folder (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)',
     )
-    p.add_argument(
-        '--seed', type=non_negative_int, default=42, help='seed of the folds and of every fit'
-    )
+    p.add_argument('--seed', type=seed_int, default=42, help='seed of the folds and of every fit')
     p.add_argument('--out_dir', help='output folder (default: a new folder under runs/)')
     p.add_argument(
         '--overwrite',
@@ -367,6 +337,17 @@ def write_text(path, text):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
+    try:  # the folder is this search's until it ends: a second one on it is refused
+        claim = ClaimedFolder(out_dir, args.overwrite)
+    except ValueError as e:
+        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+        return 2
+    with claim:
+        return search(args, out_dir, argv)
+
+
+def search(args, out_dir, argv):
+    """The grid search of main(), in out_dir: its exit status."""
     started = time.perf_counter()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:  # every input is checked before the data loads: a bad one costs no fit
@@ -380,7 +361,6 @@ def main(argv=None):
                 f'needs {args.cv} images of each of the 10 classes, so at least '
                 f'{10 * args.cv}.'
             )
-        check_out_dir(out_dir, args.overwrite)  # now, not after the last fit
 
         data = cifar10_utils.get_cifar10(
             args.data_dir, one_hot=False, seed=args.seed, validation_size=args.validation_size

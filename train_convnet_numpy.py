@@ -29,7 +29,14 @@ from command_line import (
 )
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
-from train_utils import Run, atomic_write, check_finite, continue_run, resume_point
+from train_utils import (
+    Run,
+    atomic_write,
+    check_finite,
+    check_record,
+    continue_run,
+    resume_point,
+)
 
 # The course's defaults, as train_convnet_pytorch.py.
 LEARNING_RATE_DEFAULT = 1e-4
@@ -145,6 +152,7 @@ def read_checkpoint(path):
         raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
     if not (isinstance(record, dict) and {'step', 'flags', 'metrics'} <= set(record)):
         raise ValueError(f'{path} is not a checkpoint of train_convnet_numpy.py.')
+    check_record(path, record['flags'], record['step'], record['metrics'], build_parser())
     return {'record': record, 'arrays': arrays}
 
 

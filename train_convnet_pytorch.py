@@ -34,6 +34,7 @@ from train_utils import (
     Run,
     atomic_write,
     check_finite,
+    check_record,
     continue_run,
     resume_point,
     select_device,
@@ -189,8 +190,11 @@ def read_checkpoint(path):
         raise ValueError(f'checkpoint {path} does not exist.') from None
     except Exception as e:  # torch's own messages run over many lines
         raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
-    if not (isinstance(state, dict) and {'model', 'optimizer', 'step', 'flags'} <= set(state)):
+    if not (
+        isinstance(state, dict) and {'model', 'optimizer', 'step', 'flags', 'metrics'} <= set(state)
+    ):
         raise ValueError(f'{path} is not a checkpoint of train_convnet_pytorch.py.')
+    check_record(path, state['flags'], state['step'], state['metrics'], build_parser())
     return state
 
 

@@ -18,7 +18,10 @@ from datetime import datetime
 import numpy as np
 from tqdm.auto import tqdm
 
-from command_line import flags_to_argv
+from command_line import check_arguments, flags_to_argv
+
+# What a run writes in its folder; --overwrite replaces all of them.
+RUN_FILES = ('metrics.json', 'curves.png', 'last.pt', 'best.pt', 'last.npz', 'best.npz')
 
 # The signals that stop a run as Ctrl-C does: kill's default, and a closed terminal's.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -69,6 +72,7 @@ class Run:
             out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
         check_out_dir(out_dir, overwrite or not self.named)
         self.out_dir, self.made = out_dir, False  # made at the first write (see path)
+        self.replaces = overwrite and start_step == 1  # a new run over the folder's old one
         self.stop_requested, self.signal = False, signal.SIGINT
         self.at_once = self.saving = False  # what a signal does now (see _on_signal)
         self.started = time.perf_counter()
@@ -168,21 +172,15 @@ class Run:
         raise KeyboardInterrupt
 
     def _claim(self):
-        """Locks out_dir/.lock for as long as this process runs: a second run on the folder
-        is refused (the lock goes with the process, even a killed one)."""
-        lock = self.path('.lock')
-        self._lock = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            raise ValueError(
-                f'--out_dir {self.out_dir} is in use by another run that is still '
-                'going; wait for it to end, or choose another folder.'
-            ) from None
+        """Locks out_dir/.lock for as long as this process runs (see lock_folder)."""
+        self._lock = lock_folder(self.path('.lock'), self.out_dir)
 
     def __enter__(self):
         self._claim()
+        if self.replaces:  # no checkpoint of the old run may outlive it beside the new one
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.out_dir, name))
         self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
@@ -221,6 +219,45 @@ class Run:
             error.args = (f'{error} Metrics up to here are in {self.out_dir}.',)
 
 
+def lock_folder(lock, folder):
+    """Locks the file lock (in folder) for as long as this process holds the descriptor it
+    returns: a second run on the folder is refused in one sentence (the lock goes with the
+    process, even a killed one)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f'--out_dir {folder} is in use by another run that is still going; wait for it '
+            'to end, or choose another folder.'
+        ) from None
+    return fd
+
+
+class ClaimedFolder:
+    """``with ClaimedFolder(folder, overwrite):`` a folder checked (check_out_dir), made and
+    locked (lock_folder) for a process that writes its results at the end, as the grid
+    search does; leaving unlocks it, and removes it when this claim made it and it stayed
+    empty. ValueError, in one sentence, when the folder cannot be claimed."""
+
+    def __init__(self, folder, overwrite=False):
+        check_out_dir(folder, overwrite)
+        self.folder, self.fresh = folder, not os.path.exists(folder)
+        os.makedirs(folder, exist_ok=True)
+        self.fd = lock_folder(os.path.join(folder, '.lock'), folder)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.folder, '.lock'))
+            if self.fresh:
+                os.rmdir(self.folder)  # only if empty: a search that wrote nothing
+        os.close(self.fd)
+
+
 def check_finite(what, value, step):
     """FloatingPointError, which ends a run as 'diverged', when value (a loss) is not finite."""
     if not math.isfinite(value):
@@ -254,6 +291,38 @@ def write_json(path, obj):
     """obj as JSON to path, atomically (a reader never sees half a file)."""
     text = json.dumps(obj, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))
+
+
+def plot_heatmap(table, path, title):
+    """Learning rate x batch size, a panel per architecture; each cell the best mean CV
+    accuracy over the grid's other keys."""
+    archs = sorted({tuple(r['hidden_units']) for r in table}, key=lambda a: (len(a), a))
+    lrs = sorted({r['learning_rate'] for r in table}, reverse=True)
+    batch_sizes = sorted({r['batch_size'] for r in table})
+    vmax = max(r['mean'] for r in table)
+    from matplotlib.figure import Figure  # no pyplot: no global state
+
+    fig = Figure(figsize=(0.9 + 2.6 * len(archs), 2.9))
+    axes = fig.subplots(1, len(archs), squeeze=False, sharey=True)
+    for ax, arch in zip(axes[0], archs):
+        cells = np.full((len(lrs), len(batch_sizes)), np.nan)
+        for r in reversed(table):  # best last: a cell ends with the best of its settings
+            if tuple(r['hidden_units']) == arch:
+                i, j = lrs.index(r['learning_rate']), batch_sizes.index(r['batch_size'])
+                cells[i, j] = r['mean']
+        image = ax.imshow(cells, cmap='viridis', vmin=0.0, vmax=vmax, aspect='auto')
+        for (i, j), v in np.ndenumerate(cells):
+            if not np.isnan(v):
+                color = 'white' if v < 0.6 * vmax else 'black'  # legible on dark cells
+                ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color=color)
+        ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
+        ax.set_yticks(range(len(lrs)), [f'{lr:g}' for lr in lrs])
+        ax.set_xlabel('batch size')
+        ax.set_title(f'hidden layers {list(arch)}', fontsize=9)
+    axes[0][0].set_ylabel('learning rate')
+    fig.colorbar(image, ax=axes[0].tolist(), label='mean CV accuracy', shrink=0.9)
+    fig.suptitle(title, fontsize=9, y=1.04)  # above the panel titles
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=150, bbox_inches='tight'))
 
 
 def plot_curves(metrics, path):
@@ -352,6 +421,41 @@ def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, ove
         )
     out_dir = out_dir or folder
     return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
+
+
+# What a checkpoint's metrics must hold for continue_run, by type.
+SAVED_METRICS = {
+    'started': str,
+    'steps': list,
+    'train_loss': list,
+    'eval_steps': list,
+    'wall_seconds': (int, float),
+}
+
+
+def check_record(path, flags, step, metrics, parser):
+    """ValueError of one sentence unless a checkpoint's record is one its script wrote: flags
+    the script's parser takes, with values it accepts, a step count, and metrics that a run can
+    go on from. Checked on reading, so that a crafted record fails here and not mid-run."""
+    problem = None
+    if not isinstance(flags, dict) or not set(flags) <= {a.dest for a in parser._actions} - {
+        'help'
+    }:
+        problem = 'flags this script does not take'
+    elif not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        problem = f'a step count that is not a whole number ({step!r})'
+    elif not (
+        isinstance(metrics, dict)
+        and all(isinstance(metrics.get(k), kind) for k, kind in SAVED_METRICS.items())
+    ):
+        problem = 'metrics a run cannot go on from'
+    else:
+        try:
+            check_arguments(parser, flags)
+        except ValueError as e:
+            problem = f'a flag this script refuses ({e})'
+    if problem:
+        raise ValueError(f'{path} is not a checkpoint of this script: it holds {problem}.')
 
 
 def continue_run(run, saved_metrics, resume, saved_step, best_name):

@@ -33,6 +33,11 @@ from train_utils import plot_curves  # noqa: E402
 
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
 NUMBER, OR_NULL = (int, float), (int, float, type(None))
+# Read when present: a number or null.
+OPTIONAL_NUMBERS = {
+    'metrics.json': ('best_pt_test_accuracy', 'final_validation_accuracy'),
+    'best.json': ('test_accuracy', 'best_cv_std'),
+}
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
 SHAPES = {
     'metrics.json': {
@@ -103,7 +108,7 @@ class Run:
             self.problem = wrong and f'{shown} {wrong}'
         except FileNotFoundError:
             self.problem = f'{shown} not found'
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             self.problem = f'{shown} is unreadable ({e})'
         for name in ('results.tex', 'heatmap.png') if self.record == 'best.json' else ():
             if not self.problem and not os.path.isfile(self.file(name)):
@@ -140,6 +145,17 @@ def shape_problem(data, record):
         return 'has a series that holds something other than numbers'
     if series and (len(series[0]) != len(series[1]) or len({len(s) for s in series[2:]}) > 1):
         return 'has series of different lengths'
+    numbers = [v for k in shapes if isinstance(v := data.get(k), NUMBER)]
+    numbers += [data[k] for k in OPTIONAL_NUMBERS[record] if data.get(k) is not None]
+    numbers += [v for values in series for v in values]
+    # (an integer past float's range breaks the plots; inf and nan are a diverged run's)
+    if not all(isinstance(v, float) or isinstance(v, int) and abs(v) < 1e300 for v in numbers):
+        return 'holds a number too large to be a result, or a result that is not a number'
+    flags = data.get('flags', {})
+    if record == 'metrics.json' and not (
+        isinstance(flags, dict) and isinstance(flags.get('batch_size', 1), int)
+    ):
+        return 'has "flags" that are not a run\'s (a batch size that is not an integer)'
     return ''
 
 
@@ -172,7 +188,7 @@ def load_config(runs_path):
     try:
         with open(runs_path) as f:
             raw = json.load(f)
-    except (OSError, ValueError) as e:  # no such file, or not JSON
+    except (OSError, ValueError, RecursionError) as e:  # no such file, or not JSON
         raise ReportError(
             f'cannot read {runs_path} ({getattr(e, "strerror", None) or e}); pass '
             f'--runs with the file that names the runs.',

@@ -284,7 +284,11 @@ def test_ctrl_c_before_the_first_step_is_one_sentence(
     [
         (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer > 0, got 0.'),
         (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer > 0, got 0.'),
-        (train_convnet_pytorch, {'seed': -1}, 'seed must be an integer >= 0, got -1.'),
+        (
+            train_convnet_pytorch,
+            {'seed': -1},
+            'seed must be an integer from 0 to 4294967295, got -1.',
+        ),
         (train_mlp_numpy, {'dnn_hidden_units': 'abc'}, 'expected comma-separated positive'),
         (
             train_mlp_pytorch,

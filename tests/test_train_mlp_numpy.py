@@ -171,7 +171,7 @@ def run_script(args, cwd, env=None):
         (['--batch_size', '-2'], "argument --batch_size: expected an integer > 0, got '-2'"),
         (['--batch_size', '1.5'], "argument --batch_size: expected an integer > 0, got '1.5'"),
         (['--eval_freq', '0'], "argument --eval_freq: expected an integer > 0, got '0'"),
-        (['--seed', '-1'], "argument --seed: expected an integer >= 0, got '-1'"),
+        (['--seed', '-1'], "argument --seed: expected an integer from 0 to 4294967295, got '-1'"),
         (
             ['--optimizer', 'adam', '--momentum', '0.9'],
             'error: --momentum applies only to --optimizer sgd, not adam.',
