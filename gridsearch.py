@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 import cifar10_utils
 from command_line import (
+    FLOAT32_MAX,
     ArgumentParser,
     FlagError,
     hidden_units,
@@ -69,16 +70,18 @@ SKORCH_NAMES = {  # grid key -> the parameter of skorch's NeuralNetClassifier it
 }
 GRID_KEYS = {name: key for key, name in SKORCH_NAMES.items()}
 NUMBER = (int, float)  # type(v) rather than isinstance: True is an int, but no batch size
+FLOAT32_RATE = 'a number > 0 that float32 can hold (at most 3.4e38)'  # as the train scripts
+FLOAT32_DECAY = 'a number >= 0 that float32 can hold (at most 3.4e38)'
 CHECKS = {  # grid key -> (the test every value passes, what it asks for)
-    'batch_size': (lambda v: type(v) is int and v > 0, 'a positive integer'),
-    'learning_rate': (lambda v: type(v) in NUMBER and 0 < v < math.inf, 'a number > 0'),
+    'batch_size': (lambda v: type(v) is int and 0 < v <= 50000, 'an integer from 1 to 50000'),
+    'learning_rate': (lambda v: type(v) in NUMBER and 0 < v <= FLOAT32_MAX, FLOAT32_RATE),
     'hidden_units': (
         lambda v: type(v) is list and all(type(h) is int and h > 0 for h in v),
         'a list of positive integers',
     ),
     'optimizer': (lambda v: v in OPTIMIZERS, f'one of {", ".join(OPTIMIZERS)}'),
-    'weight_decay': (lambda v: type(v) in NUMBER and 0 <= v < math.inf, 'a number >= 0'),
-    'momentum': (lambda v: type(v) in NUMBER and 0 <= v < math.inf, 'a number >= 0'),
+    'weight_decay': (lambda v: type(v) in NUMBER and 0 <= v <= FLOAT32_MAX, FLOAT32_DECAY),
+    'momentum': (lambda v: type(v) in NUMBER and 0 <= v < 1, 'a number in [0, 1)'),
     'dropout': (lambda v: type(v) in NUMBER and 0 <= v < 1, 'a number in [0, 1)'),
     'batchnorm': (lambda v: v in BATCHNORMS, f'one of {", ".join(BATCHNORMS)}'),
     'activation': (lambda v: v in ACTIVATIONS, f'one of {", ".join(ACTIVATIONS)}'),
@@ -425,6 +428,15 @@ def search(args, out_dir, argv):
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except (MemoryError, RuntimeError) as e:  # torch's allocator raises RuntimeError
+        if isinstance(e, RuntimeError) and 'allocate' not in str(e):
+            raise
+        print(
+            f'{os.path.basename(sys.argv[0])}: error: not enough memory for this grid; '
+            'smaller hidden layers or batches need less.',
+            file=sys.stderr,
+        )
+        return 1
     except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
         get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
         print('Interrupted; no results were written.', file=sys.stderr)

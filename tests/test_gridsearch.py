@@ -42,14 +42,17 @@ def _single_thread():
     [
         (
             ['--learning_rate', '0.1,0'],
-            "grid key 'learning_rate': every value must be a number > 0, got 0.0.",
+            "grid key 'learning_rate': every value must be a number > 0 that float32 can hold "
+            '(at most 3.4e38), got 0.0.',
         ),
         (['--learning_rate=-0.1'], "grid key 'learning_rate': every value must be a number > 0"),
         (
             ['--optimizer', 'adam,rmsprop'],
             "grid key 'optimizer': every value must be one of sgd, adam, adamw, got 'rmsprop'.",
         ),
-        (['--batch_size', '0'], "grid key 'batch_size': every value must be a positive integer"),
+        (['--batch_size', '0'], "grid key 'batch_size': every value must be an integer from 1"),
+        (['--learning_rate', '1e308'], "grid key 'learning_rate': every value must be a number"),
+        (['--momentum', '1.5'], "grid key 'momentum': every value must be a number in [0, 1)"),
         (['--dropout', '1.0'], "grid key 'dropout': every value must be a number in [0, 1)"),
         (['--cv', '1'], '--cv must be at least 2, got 1.'),
     ],
