@@ -295,6 +295,10 @@ def flags_to_argv(flags):
     return argv
 
 
+# Ctrl-C, kill's default and a closed terminal: each ends a run as Ctrl-C does.
+STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt(signum)
 
@@ -307,7 +311,7 @@ def cli(train, args):
     from cifar10_utils import CIFAR10Error
 
     prog = os.path.basename(sys.argv[0])
-    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, _terminate) for s in STOP}
     try:
         metrics = train(**vars(args))
     except (ValueError, CIFAR10Error, FloatingPointError) as e:

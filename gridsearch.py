@@ -12,6 +12,8 @@ on the whole training set and tested once. Writes to --out_dir: cv_results.csv, 
 results.tex, heatmap.png and best.json.
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import contextlib
 import csv
 import io

@@ -11,6 +11,8 @@ folder under runs/) at every evaluation. Ctrl-C saves last.npz at the last compl
 A checkpoint is an .npz of plain arrays, loaded without pickle.
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import json
 import sys
 import time

@@ -11,6 +11,8 @@ folder under runs/) at every evaluation. Ctrl-C saves last.pt at the last comple
 --resume continues from it and ends with the same weights as a run that was never interrupted.
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import sys
 import time
 from functools import partial

@@ -7,6 +7,8 @@ Adam(W) and a learning-rate schedule, all written by hand (modules.py, optimizer
 Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import sys
 
 import numpy as np

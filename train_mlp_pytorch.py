@@ -6,6 +6,8 @@
 Writes metrics.json and curves.png to --out_dir (default: a new folder under runs/).
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import sys
 
 import torch

@@ -5,8 +5,10 @@ ends in one sentence, with no traceback and nothing of another run left behind."
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -137,3 +139,21 @@ def test_benchmark_checks_its_out_file_first(tmp_path):
     )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert 'its folder does not exist or cannot be written to.' in result.stderr
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_libraries_load_is_one_sentence(signum, tmp_path):
+    """Ctrl-C within the first half second, inside `import torch`, printed a traceback;
+    SIGTERM there ended the process without a word."""
+    script = os.path.join(ROOT, 'train_mlp_pytorch.py')
+    process = subprocess.Popen(
+        [sys.executable, script, '--out_dir', str(tmp_path / 'o')],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum and 'Traceback' not in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,30 @@
+"""Imported first by each script, before the libraries that take a second to load: until the
+script's own handlers take over (command_line.cli, gridsearch.main), Ctrl-C, SIGTERM or SIGHUP
+ends it with one sentence and status 128 + the signal's number, not a traceback from inside
+`import torch`. Only when a script runs: importing one (as the tests do) changes nothing."""
+
+import os
+import signal
+import sys
+
+SCRIPTS = (
+    'train_mlp_numpy.py',
+    'train_mlp_pytorch.py',
+    'train_convnet_numpy.py',
+    'train_convnet_pytorch.py',
+    'gridsearch.py',
+)
+
+
+def _stop(signum, frame):
+    name = signal.Signals(signum).name
+    print(
+        f'{os.path.basename(sys.argv[0])}: stopped by {name} while starting; nothing was done.',
+        file=sys.stderr,
+    )
+    os._exit(128 + signum)
+
+
+if os.path.basename(sys.argv[0]) in SCRIPTS:
+    for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_signal, _stop)
