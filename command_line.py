@@ -151,6 +151,47 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     return p
 
 
+def add_convnet_flags(p, optimizer, checkpoint):
+    """The flags of both ConvNet scripts, with the same names and meanings; optimizer: the
+    default of --optimizer; checkpoint: the extension of their checkpoints (pt or npz)."""
+    p.add_argument(
+        '--optimizer',
+        type=str.upper,
+        choices=('ADAM', 'SGD'),
+        default=optimizer,
+        help='ADAM, or SGD with Nesterov momentum 0.9',
+    )
+    p.add_argument(
+        '--weight_decay',
+        type=decay,
+        default=0.0,
+        help='L2 weight decay of the convolution and linear weights',
+    )
+    p.add_argument(
+        '--label_smoothing',
+        type=fraction,
+        default=0.0,
+        help='the share of each target spread evenly over all classes, in [0, 1)',
+    )
+    p.add_argument(
+        '--lr_schedule',
+        choices=('constant', 'onecycle'),
+        default='constant',
+        help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate',
+    )
+    p.add_argument(
+        '--augment',
+        action='store_true',
+        help='random crops (4-pixel padding) and horizontal flips of each batch',
+    )
+    p.add_argument(
+        '--resume',
+        metavar='PATH',
+        help=f'continue a run from its last.{checkpoint} or best.{checkpoint}, with its flags, '
+        'in its folder',
+    )
+
+
 def add_mlp_flags(p, dnn_hidden_units, batchnorms):
     """The flags of both MLP scripts, with the same names and meanings; batchnorms: the
     choices of --batchnorm ('none' first), each explained in the script's help."""
@@ -295,8 +336,8 @@ def flags_to_argv(flags):
     return argv
 
 
-# Ctrl-C, kill's default and a closed terminal: each ends a run as Ctrl-C does.
-STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signals that stop a run as Ctrl-C does: kill's default, and a closed terminal's.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum, frame):
@@ -311,7 +352,7 @@ def cli(train, args):
     from cifar10_utils import CIFAR10Error
 
     prog = os.path.basename(sys.argv[0])
-    previous = {s: signal.signal(s, _terminate) for s in STOP}
+    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS}
     try:
         metrics = train(**vars(args))
     except (ValueError, CIFAR10Error, FloatingPointError) as e:

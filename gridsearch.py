@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 import cifar10_utils
 from command_line import (
     FLOAT32_MAX,
+    STOP_SIGNALS,
     ArgumentParser,
     FlagError,
     hidden_units,
@@ -354,7 +355,7 @@ def main(argv=None):
 def search(args, out_dir, argv):
     """The grid search of main(), in out_dir: its exit status."""
     started = time.perf_counter()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:  # every input is checked before the data loads: a bad one costs no fit
         grid = build_grid(args)
         if args.cv < 2:

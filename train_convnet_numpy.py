@@ -22,10 +22,9 @@ import numpy as np
 import cifar10_utils
 import optimizers
 from command_line import (
+    add_convnet_flags,
     check_arguments,
     cli,
-    decay,
-    fraction,
     make_parser,
     resume_defaults,
 )
@@ -280,41 +279,7 @@ def build_parser():
     p = make_parser(
         __doc__, LEARNING_RATE_DEFAULT, MAX_STEPS_DEFAULT, BATCH_SIZE_DEFAULT, EVAL_FREQ_DEFAULT
     )
-    p.add_argument(
-        '--optimizer',
-        type=str.upper,
-        choices=('ADAM', 'SGD'),
-        default=OPTIMIZER_DEFAULT,
-        help='ADAM, or SGD with Nesterov momentum 0.9',
-    )
-    p.add_argument(
-        '--weight_decay',
-        type=decay,
-        default=0.0,
-        help='L2 weight decay of the convolution and linear weights',
-    )
-    p.add_argument(
-        '--label_smoothing',
-        type=fraction,
-        default=0.0,
-        help='the share of each target spread evenly over all classes, in [0, 1)',
-    )
-    p.add_argument(
-        '--lr_schedule',
-        choices=('constant', 'onecycle'),
-        default='constant',
-        help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate',
-    )
-    p.add_argument(
-        '--augment',
-        action='store_true',
-        help='random crops (4-pixel padding) and horizontal flips of each batch',
-    )
-    p.add_argument(
-        '--resume',
-        metavar='PATH',
-        help='continue a run from its last.npz or best.npz, with its flags, in its folder',
-    )
+    add_convnet_flags(p, OPTIMIZER_DEFAULT, 'npz')
     return p
 
 

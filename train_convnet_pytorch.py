@@ -23,10 +23,9 @@ from torch.fx.experimental.optimization import fuse
 
 import cifar10_utils
 from command_line import (
+    add_convnet_flags,
     check_arguments,
     cli,
-    decay,
-    fraction,
     make_parser,
     parse_with_preset,
     resume_defaults,
@@ -353,36 +352,7 @@ def build_parser():
         EVAL_FREQ_DEFAULT,
         PRESETS,
     )
-    p.add_argument(
-        '--optimizer',
-        type=str.upper,
-        choices=('ADAM', 'SGD'),
-        default=OPTIMIZER_DEFAULT,
-        help='ADAM, or SGD with Nesterov momentum 0.9',
-    )
-    p.add_argument(
-        '--weight_decay',
-        type=decay,
-        default=0.0,
-        help='L2 weight decay of the convolution and linear weights',
-    )
-    p.add_argument(
-        '--label_smoothing',
-        type=fraction,
-        default=0.0,
-        help='the share of each target spread evenly over all classes, in [0, 1)',
-    )
-    p.add_argument(
-        '--lr_schedule',
-        choices=('constant', 'onecycle'),
-        default='constant',
-        help='learning-rate schedule over max_steps; onecycle peaks at --learning_rate',
-    )
-    p.add_argument(
-        '--augment',
-        action='store_true',
-        help='random crops (4-pixel padding) and horizontal flips of each batch',
-    )
+    add_convnet_flags(p, OPTIMIZER_DEFAULT, 'pt')
     p.add_argument(
         '--device',
         choices=('auto', 'cpu', 'cuda'),
@@ -404,11 +374,6 @@ def build_parser():
         '--flip_test',
         action='store_true',
         help='evaluate each image averaged with its mirror image',
-    )
-    p.add_argument(
-        '--resume',
-        metavar='PATH',
-        help='continue a run from its last.pt or best.pt, with its flags, in its folder',
     )
     return p
 

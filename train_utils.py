@@ -18,13 +18,10 @@ from datetime import datetime
 import numpy as np
 from tqdm.auto import tqdm
 
-from command_line import check_arguments, flags_to_argv
+from command_line import STOP_SIGNALS, check_arguments, flags_to_argv
 
 # What a run writes in its folder; --overwrite replaces all of them.
 RUN_FILES = ('metrics.json', 'curves.png', 'last.pt', 'best.pt', 'last.npz', 'best.npz')
-
-# The signals that stop a run as Ctrl-C does: kill's default, and a closed terminal's.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def select_device(name='auto'):
@@ -64,9 +61,6 @@ class Run:
         eval_split='test',
     ):
         name = os.path.basename(script)
-        for key, low in (('max_steps', 1), ('eval_freq', 1), ('seed', 0)):  # from Python
-            if not (isinstance(value := flags.get(key, low), int) and value >= low):
-                raise ValueError(f'{key} must be an integer >= {low}, got {value!r}.')
         self.named = bool(out_dir)  # else a new folder under runs/
         if not self.named:
             out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
@@ -191,14 +185,12 @@ class Run:
             self.bar.close()
         self.saving = True  # signals wait until the last save is written
         try:
-            if kind in (None, KeyboardInterrupt, FloatingPointError):
-                self.save(
-                    'completed'
-                    if kind is None
-                    else 'interrupted'
-                    if kind is KeyboardInterrupt
-                    else 'diverged'
-                )
+            if kind is None:
+                self.save('completed')
+            elif kind is KeyboardInterrupt:
+                self.save('interrupted')
+            elif kind is FloatingPointError:
+                self.save('diverged')
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)

@@ -147,3 +147,15 @@ def one_error(capsys):
     err = capsys.readouterr().err
     assert 'Traceback' not in err, err
     return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='module')
+def torch_single_thread():
+    """Tiny tensors: intra-op threads only add overhead, and on a busy 2-core machine their
+    spin-waiting slows the tests down many times (pytestmark = usefixtures(...))."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ from train_convnet_numpy import main, read_checkpoint, train
 WIDTH = 1 / 16  # channels 4, 8, 16, 16, 32, 32, 32, 32
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
 
 @pytest.fixture

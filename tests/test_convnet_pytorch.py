@@ -55,14 +55,7 @@ SCHEMA = {
 }
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and on a busy 2-core machine their
-    spin-waiting slows these tests down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
 
 @pytest.fixture

@@ -6,40 +6,18 @@ import sys
 
 import pytest
 import torch
+from test_convnet_pytorch import assert_same_tensors, checkpoint_tensors
 
 import train_convnet_pytorch
-from train_convnet_pytorch import PRESETS, parse_args, read_checkpoint, train
+from train_convnet_pytorch import PRESETS, parse_args, train
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and on a busy 2-core machine their
-    spin-waiting slows these tests down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
 
 @pytest.fixture
 def cli_name(monkeypatch):
     """Error messages name sys.argv[0], as they do when the script runs."""
     monkeypatch.setattr(sys, 'argv', ['train_convnet_pytorch.py'])
-
-
-def checkpoint_tensors(path):
-    """Every tensor of a checkpoint's model and optimizer, by name."""
-    state = read_checkpoint(path)
-    out = {f'model.{k}': v for k, v in state['model'].items()}
-    for index, s in state['optimizer']['state'].items():
-        out.update({f'optimizer.{index}.{k}': v for k, v in s.items()})
-    return out
-
-
-def assert_same_tensors(a, b):
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, different
 
 
 def test_preset_fills_in_what_was_not_given():

@@ -24,14 +24,7 @@ DEVICES = [
 TOL64 = 1e-8
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a busy
-    2-core machine their spin-waiting makes the training test 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
 
 def _paired(module_cls, n_neurons, dtype=torch.float64, device='cpu', seed=0, **kwargs):
