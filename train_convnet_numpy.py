@@ -35,6 +35,7 @@ from train_utils import (
     atomic_write,
     check_finite,
     check_record,
+    confusion_matrix,
     continue_run,
     resume_point,
 )
@@ -97,18 +98,19 @@ def train_step(model, loss_module, optimizer, x, y):
 
 
 def evaluate(model, loss_module, images, targets, batch_size=100):
-    """Mean loss and accuracy over a whole split in evaluation mode (batch norm on its running
-    statistics), batch_size images at a time: im2col's rows grow with the batch (conv2's are
-    590 KB an image in float32), and batches whose arrays stay in the caches run fastest."""
+    """Mean loss, accuracy and confusion matrix over a whole split in evaluation mode (batch
+    norm on its running statistics), batch_size images at a time: im2col's rows grow with the
+    batch (conv2's are 590 KB an image in float32), and batches whose arrays stay in the caches
+    run fastest."""
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, confusion = 0.0, 0
     for start in range(0, len(images), batch_size):
         probs = model.forward(images[start : start + batch_size])
         y = targets[start : start + batch_size]
         total_loss += loss_module.forward(probs, y) * len(y)
-        correct += np.sum(probs.argmax(axis=1) == y.argmax(axis=1))
+        confusion += confusion_matrix(y.argmax(axis=1), probs.argmax(axis=1))
     model.train()
-    return total_loss / len(images), correct / len(images)
+    return total_loss / len(images), np.trace(confusion) / len(images), confusion
 
 
 def model_arrays(model):
@@ -255,8 +257,10 @@ def train(
             run.log_step(step, loss)
             check_finite('training loss', loss, step)
             if step % eval_freq == 0 or step == max_steps:
-                eval_loss, accuracy = evaluate(model, loss_module, eval_set.images, eval_set.labels)
-                run.log_eval(step, eval_loss, accuracy)
+                eval_loss, accuracy, confusion = evaluate(
+                    model, loss_module, eval_set.images, eval_set.labels
+                )
+                run.log_eval(step, eval_loss, accuracy, confusion)
                 check_finite(f'{split} loss', eval_loss, step)  # no best.npz from a diverged run
                 state = (flags, run, model, opt, schedule, train_set)
                 save_checkpoint(run.path('last.npz'), step, *state)
@@ -265,9 +269,7 @@ def train(
         if split == 'validation':  # the test set, once: the final weights, then best.npz's
             run.stop_at_once()
             test = data['test']
-            run.metrics['final_test_accuracy'] = evaluate(
-                model, loss_module, test.images, test.labels
-            )[1]
+            run.log_test(*evaluate(model, loss_module, test.images, test.labels)[1:])
             load_model(read_checkpoint(run.path('best.npz'))['arrays'], model)
             run.metrics['best_pt_test_accuracy'] = evaluate(
                 model, loss_module, test.images, test.labels

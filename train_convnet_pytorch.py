@@ -17,6 +17,7 @@ import sys
 import time
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
@@ -36,6 +37,7 @@ from train_utils import (
     atomic_write,
     check_finite,
     check_record,
+    confusion_matrix,
     continue_run,
     resume_point,
     select_device,
@@ -155,17 +157,17 @@ def train_step(model, optimizer, x, y, amp_dtype=None, scaler=None, label_smooth
 
 
 def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, flip=False):
-    """Mean loss and accuracy over a whole split in eval mode, batch_size images at a time to
-    bound memory. It runs a copy of the model with each batch norm (an affine map in eval mode)
-    folded into the convolution before it, in the channels_last layout the CPU's convolutions
-    prefer: one pass over the activations instead of two (benchmark.py's ConvNet evaluation
-    rows).
+    """Mean loss, accuracy and confusion matrix over a whole split in eval mode, batch_size
+    images at a time to bound memory. It runs a copy of the model with each batch norm (an
+    affine map in eval mode) folded into the convolution before it, in the channels_last layout
+    the CPU's convolutions prefer: one pass over the activations instead of two (benchmark.py's
+    ConvNet evaluation rows).
 
     images: float32 array (N, 3, 32, 32); labels: int64 array (N,). flip: average the logits
     of each image and of its mirror image (test-time augmentation; twice the work)."""
     folded = fuse(model.eval()).to(memory_format=torch.channels_last)  # fuse copies the model
     model.train()
-    total_loss, correct = 0.0, 0
+    total_loss, confusion = 0.0, 0
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
@@ -178,8 +180,8 @@ def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, fli
             if flip:
                 logits = (logits + folded(x.flip(3)).float()) / 2
             total_loss += F.cross_entropy(logits, y, reduction='sum').item()
-            correct += (logits.argmax(dim=1) == y).sum().item()
-    return total_loss / len(images), correct / len(images)
+            confusion += confusion_matrix(y.cpu().numpy(), logits.argmax(dim=1).cpu().numpy())
+    return total_loss / len(images), np.trace(confusion) / len(images), confusion
 
 
 def read_checkpoint(path):
@@ -327,8 +329,8 @@ def train(
             run.log_step(step, loss)
             check_finite('training loss', float(loss), step)
             if step % eval_freq == 0 or step == max_steps:
-                eval_loss, accuracy = evaluate_on(eval_set.images, eval_set.labels)
-                run.log_eval(step, eval_loss, accuracy)
+                eval_loss, accuracy, confusion = evaluate_on(eval_set.images, eval_set.labels)
+                run.log_eval(step, eval_loss, accuracy, confusion)
                 check_finite(f'{split} loss', eval_loss, step)  # no best.pt from a diverged run
                 state = (flags, run, model, opt, schedule, scaler, train_set)
                 save_checkpoint(run.path('last.pt'), step, *state)
@@ -337,7 +339,7 @@ def train(
         if split == 'validation':  # the test set, once: the final weights, then best.pt's
             run.stop_at_once()
             test = data['test']
-            run.metrics['final_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
+            run.log_test(*evaluate_on(test.images, test.labels)[1:])
             model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
             run.metrics['best_pt_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
     return run.metrics

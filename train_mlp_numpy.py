@@ -26,7 +26,7 @@ from command_line import (
 )
 from mlp_numpy import MLP
 from modules import CrossEntropyModule
-from train_utils import Run, check_finite
+from train_utils import Run, check_finite, confusion_matrix
 
 # The course's defaults.
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -92,17 +92,17 @@ def train_step(model, loss_module, optimizer, x, y):
 
 
 def evaluate(model, loss_module, x, y, batch_size=5000):
-    """Mean loss and accuracy of model on (x, y) in evaluation mode (dropout off, batch norm on
-    its running statistics), batch_size rows at a time to bound memory."""
+    """Mean loss, accuracy and confusion matrix of model on (x, y) in evaluation mode (dropout
+    off, batch norm on its running statistics), batch_size rows at a time to bound memory."""
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, confusion = 0.0, 0
     for start in range(0, len(x), batch_size):
         probs = model.forward(x[start : start + batch_size])
         targets = y[start : start + batch_size]
         total_loss += loss_module.forward(probs, targets) * len(targets)
-        correct += np.sum(probs.argmax(axis=1) == targets.argmax(axis=1))
+        confusion += confusion_matrix(targets.argmax(axis=1), probs.argmax(axis=1))
     model.train()
-    return total_loss / len(x), correct / len(x)
+    return total_loss / len(x), np.trace(confusion) / len(x), confusion
 
 
 def train(
@@ -178,15 +178,16 @@ def train(
             if schedule is not None:
                 schedule.step()
             if step % eval_freq == 0 or step == max_steps:
-                eval_loss, accuracy = evaluate(model, loss_module, x_eval, y_eval)
-                run.log_eval(step, eval_loss, accuracy)
+                eval_loss, accuracy, confusion = evaluate(model, loss_module, x_eval, y_eval)
+                run.log_eval(step, eval_loss, accuracy, confusion)
                 check_finite(f'{split} loss', eval_loss, step)
         if split == 'validation':  # the test set, once, on the final weights
             run.stop_at_once()
             test = data['test']
-            run.metrics['final_test_accuracy'] = evaluate(
+            _, accuracy, confusion = evaluate(
                 model, loss_module, test.images.reshape(test.num_examples, -1), test.labels
-            )[1]
+            )
+            run.log_test(accuracy, confusion)
     return run.metrics
 
 

@@ -10,6 +10,7 @@ import quiet_start  # noqa: F401 (first: see its docstring)
 
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +25,7 @@ from command_line import (
     parse_with_preset,
 )
 from mlp_pytorch import ACTIVATIONS, MLP
-from train_utils import Run, check_finite, select_device
+from train_utils import Run, check_finite, confusion_matrix, select_device
 
 # The course's defaults (those of the NumPy MLP).
 DNN_HIDDEN_UNITS_DEFAULT = '100'
@@ -92,22 +93,22 @@ def train_step(model, optimizer, x, y):
 
 
 def evaluate(model, images, labels, device, batch_size=1000):
-    """Mean loss and accuracy over a whole split, in eval mode (dropout off, batch norm on its
-    running statistics), batch_size images at a time to bound memory.
+    """Mean loss, accuracy and confusion matrix over a whole split, in eval mode (dropout off,
+    batch norm on its running statistics), batch_size images at a time to bound memory.
 
     images: float32 array (N, 3, 32, 32); labels: int64 array (N,).
     """
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, confusion = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start : start + batch_size]).to(device)
             y = torch.from_numpy(labels[start : start + batch_size]).to(device)
             logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction='sum').item()
-            correct += (logits.argmax(dim=1) == y).sum().item()
+            confusion += confusion_matrix(y.cpu().numpy(), logits.argmax(dim=1).cpu().numpy())
     model.train()
-    return total_loss / len(images), correct / len(images)
+    return total_loss / len(images), np.trace(confusion) / len(images), confusion
 
 
 def train(
@@ -181,14 +182,14 @@ def train(
             if schedule is not None:
                 schedule.step()
             if step % eval_freq == 0 or step == max_steps:
-                eval_loss, accuracy = evaluate(model, eval_set.images, eval_set.labels, dev)
-                run.log_eval(step, eval_loss, accuracy)
+                eval_loss, accuracy, confusion = evaluate(
+                    model, eval_set.images, eval_set.labels, dev
+                )
+                run.log_eval(step, eval_loss, accuracy, confusion)
                 check_finite(f'{split} loss', eval_loss, step)
         if split == 'validation':  # the test set, once, on the final weights
             run.stop_at_once()
-            run.metrics['final_test_accuracy'] = evaluate(
-                model, data['test'].images, data['test'].labels, dev
-            )[1]
+            run.log_test(*evaluate(model, data['test'].images, data['test'].labels, dev)[1:])
     return run.metrics
 
 

@@ -124,12 +124,15 @@ class Run:
             )
         self.bar.update(1)
 
-    def log_eval(self, step, loss, accuracy):
-        """Records and prints an evaluation, then saves metrics.json."""
+    def log_eval(self, step, loss, accuracy, confusion):
+        """Records and prints an evaluation, then saves metrics.json; the confusion matrix
+        kept is the latest evaluation's."""
         m, split = self.metrics, self.metrics['eval_split']
+        loss, accuracy = float(loss), float(accuracy)  # JSON's and weights_only loading's types
+        m[f'{split}_confusion'] = confusion.tolist()
         m['eval_steps'].append(step)
-        m[f'{split}_loss'].append(float(loss))
-        m[f'{split}_accuracy'].append(float(accuracy))
+        m[f'{split}_loss'].append(loss)
+        m[f'{split}_accuracy'].append(accuracy)
         m[f'final_{split}_accuracy'] = accuracy
         m[f'best_{split}_accuracy'] = max(m[f'{split}_accuracy'])
         self.bar.write(
@@ -138,6 +141,11 @@ class Run:
             file=sys.stderr,
         )
         self.save()
+
+    def log_test(self, accuracy, confusion):
+        """Records the test set's one evaluation of a run evaluated on validation."""
+        self.metrics['final_test_accuracy'] = float(accuracy)
+        self.metrics['test_confusion'] = confusion.tolist()
 
     def save(self, status=None):
         """Writes metrics.json atomically (and curves.png with a final status)."""
@@ -248,6 +256,12 @@ class ClaimedFolder:
             if self.fresh:
                 os.rmdir(self.folder)  # only if empty: a search that wrote nothing
         os.close(self.fd)
+
+
+def confusion_matrix(labels, predictions, classes=10):
+    """C: (classes, classes), C[i, j] = the number of images of class i predicted as j."""
+    pairs = classes * np.asarray(labels) + np.asarray(predictions)
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
 
 
 def check_finite(what, value, step):

@@ -123,7 +123,8 @@ def test_evaluate_in_chunks_equals_one_batch():
     loss_module = CrossEntropyModule()
     whole = train_convnet_numpy.evaluate(model, loss_module, x, y, batch_size=30)
     chunks = train_convnet_numpy.evaluate(model, loss_module, x, y, batch_size=7)
-    assert chunks == pytest.approx(whole, rel=1e-12)
+    assert chunks[:2] == pytest.approx(whole[:2], rel=1e-12)
+    np.testing.assert_array_equal(chunks[2], whole[2])
     assert all(layer.training for layer in model.batch_norms())  # back in training mode
 
 

@@ -17,6 +17,7 @@ import train_convnet_pytorch
 from cifar10_utils import DataSet
 from convnet_pytorch import ConvNet, Im2colConv2d
 from train_convnet_pytorch import make_optimizer, read_checkpoint, train
+from train_utils import confusion_matrix
 
 # Table 1 of the assignment: name, then in/out channels of a conv block or of the linear layer.
 TABLE_1 = [
@@ -341,7 +342,7 @@ def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
     rng = np.random.default_rng(0)
     images = rng.normal(0, 60, (50, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, 50)
-    loss, accuracy = train_convnet_pytorch.evaluate(
+    loss, accuracy, confusion = train_convnet_pytorch.evaluate(
         model, images, labels, torch.device('cpu'), batch_size=20
     )
     assert model.training
@@ -352,6 +353,7 @@ def test_evaluation_folds_batch_norm_without_changing_the_model(small_convnet):
     model.train()
     assert loss == pytest.approx(F.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=1e-4)
     assert accuracy == (logits.argmax(1).numpy() == labels).mean()
+    np.testing.assert_array_equal(confusion, confusion_matrix(labels, logits.argmax(1).numpy()))
 
 
 def test_flip_test_averages_each_image_with_its_mirror(small_convnet):
@@ -361,7 +363,7 @@ def test_flip_test_averages_each_image_with_its_mirror(small_convnet):
     rng = np.random.default_rng(0)
     images = rng.normal(0, 60, (30, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, 30)
-    loss, accuracy = train_convnet_pytorch.evaluate(
+    loss, accuracy, _ = train_convnet_pytorch.evaluate(
         model, images, labels, torch.device('cpu'), batch_size=20, flip=True
     )
     model.eval()
