@@ -1,0 +1,105 @@
+"""The grid search's hypothesis, measured: do the settings that collapse to chance lose their
+hidden units to dead ReLUs? Trains the grid's network (mlp_pytorch.MLP, the course's
+N(0, 1e-4^2) initialisation, Adam, no batch norm) on the grid's 5,000-image subsample for two
+settings that differ only in their hidden layers, one that collapses in the grid and one that
+survives, and records after 10, 100 and 1000 steps the fraction of each hidden layer's units
+that are dead: zero for every one of the 5,000 images, so that no gradient reaches their
+weights again.
+
+    python report/dead_units.py     # about two minutes on two CPU cores
+
+Writes report/runs/dead_units/dead_units.json, which make_report.py draws."""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
+
+import cifar10_utils  # noqa: E402
+from mlp_pytorch import MLP  # noqa: E402
+from train_utils import write_json  # noqa: E402
+
+# The grid's cells at batch 256 and learning rate 0.01 (report/runs/gridsearch/results.md):
+# [100, 100] scores chance, [50, 30, 20] does not.
+SETTINGS = {'[100, 100]': [100, 100], '[50, 30, 20]': [50, 30, 20]}
+LEARNING_RATE, BATCH_SIZE, SUBSAMPLE, SEED = 0.01, 256, 5000, 42
+CHECKPOINTS = (10, 100, 1000)
+OUT = os.path.join(ROOT, 'report', 'runs', 'dead_units', 'dead_units.json')
+
+
+def dead_fractions(model, x):
+    """For each hidden layer, the fraction of its units whose ReLU is 0 on every row of x."""
+    fractions, h = [], x.flatten(1)
+    with torch.no_grad():
+        for layer in model.layers:
+            h = layer(h)
+            if isinstance(layer, torch.nn.ReLU):
+                fractions.append(float((h.amax(dim=0) == 0).float().mean()))
+    return fractions
+
+
+def run(hidden, x, y):
+    """Trains one setting with the grid's seed; its dead fractions and training accuracy at
+    each of CHECKPOINTS."""
+    torch.manual_seed(SEED)
+    model = MLP(3072, hidden, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    order = np.random.default_rng(SEED)
+    record, step = [], 0
+    while step < CHECKPOINTS[-1]:
+        shuffled = order.permutation(len(y))
+        for start in range(0, len(y), BATCH_SIZE):  # an epoch, as skorch iterates it
+            batch, step = shuffled[start : start + BATCH_SIZE], step + 1
+            loss = F.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step in CHECKPOINTS:
+                with torch.no_grad():
+                    accuracy = float((model(x).argmax(1) == y).float().mean())
+                record.append(
+                    {
+                        'step': step,
+                        'dead': dead_fractions(model, x),
+                        'train_loss': loss.item(),
+                        'train_accuracy': accuracy,
+                    }
+                )
+            if step == CHECKPOINTS[-1]:
+                break
+    return record
+
+
+def main():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    train = cifar10_utils.get_cifar10(one_hot=False, seed=SEED)['train']
+    keep, _ = train_test_split(
+        np.arange(train.num_examples),
+        train_size=SUBSAMPLE,
+        stratify=train.labels,
+        random_state=SEED,
+    )  # the grid's subsample (gridsearch.py --subsample 5000)
+    keep = np.sort(keep)
+    x, y = torch.from_numpy(train.images[keep]), torch.from_numpy(train.labels[keep])
+    result = {
+        'command': ['python', 'report/dead_units.py'],
+        'learning_rate': LEARNING_RATE,
+        'batch_size': BATCH_SIZE,
+        'subsample': SUBSAMPLE,
+        'seed': SEED,
+        'settings': {name: run(hidden, x, y) for name, hidden in SETTINGS.items()},
+    }
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    write_json(OUT, result)
+    for name, record in result['settings'].items():
+        print(name, [(r['step'], [round(d, 3) for d in r['dead']]) for r in record])
+
+
+if __name__ == '__main__':
+    main()
