@@ -343,19 +343,27 @@ def write_text(path, text):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
+    # From here a signal raises Interrupted: the fits stop, the claim is given up, and no
+    # result is written (search holds signals off while it writes them).
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:  # the folder is this search's until it ends: a second one on it is refused
-        claim = ClaimedFolder(out_dir, args.overwrite)
+        with ClaimedFolder(out_dir, args.overwrite):
+            return search(args, out_dir, argv)
     except ValueError as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2
-    with claim:
-        return search(args, out_dir, argv)
+    except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
+        get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
+        print('Interrupted; no results were written.', file=sys.stderr)
+        return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def search(args, out_dir, argv):
     """The grid search of main(), in out_dir: its exit status."""
     started = time.perf_counter()
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:  # every input is checked before the data loads: a bad one costs no fit
         grid = build_grid(args)
         if args.cv < 2:
@@ -440,14 +448,10 @@ def search(args, out_dir, argv):
             file=sys.stderr,
         )
         return 1
-    except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
-        get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
-        print('Interrupted; no results were written.', file=sys.stderr)
-        return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
+    held = []  # a signal while the results are written waits until they are whole
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: held.append(signum))
     try:  # a full disk or a folder gone: one sentence, and no file half-written
         write_results(
             out_dir,
@@ -484,6 +488,9 @@ def search(args, out_dir, argv):
         f'best {best}: CV accuracy {table[0]["mean"]:.4f} ± {table[0]["std"]:.4f}; {tested}; '
         f'results in {out_dir}'
     )
+    if held:
+        print(f'Stopped by {signal.Signals(held[0]).name} once they were written.', file=sys.stderr)
+        return 128 + held[0]
     return 0
 
 

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from command_line import STOP_SIGNALS, check_arguments, flags_to_argv
 
+# The longest path (less room for the files in it) and file name the system takes.
+PATH_MAX, NAME_MAX = os.pathconf('/', 'PC_PATH_MAX'), os.pathconf('/', 'PC_NAME_MAX')
 # What a run writes in its folder; --overwrite replaces all of them.
 RUN_FILES = ('metrics.json', 'curves.png', 'last.pt', 'best.pt', 'last.npz', 'best.npz')
 
@@ -276,6 +278,13 @@ def check_finite(what, value, step):
 def check_out_dir(out_dir, overwrite=False):
     """ValueError, before any work, for an out_dir that cannot be written or that holds files
     (another run's, which this one would overwrite) when overwrite is False."""
+    # A path the file system cannot hold fails only after makedirs made the folders above it.
+    names = os.path.abspath(out_dir).encode().split(b'/')
+    if sum(map(len, names)) + len(names) > PATH_MAX - 100 or max(map(len, names)) > NAME_MAX:
+        raise ValueError(
+            f'--out_dir is too long for the file system: at most {NAME_MAX} bytes a name and '
+            f'{PATH_MAX - 100} in all.'
+        )
     held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
     if held and not overwrite:
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
