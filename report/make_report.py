@@ -27,6 +27,11 @@ ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
 from records import shape_problem  # noqa: E402
+from report_experiments import (  # noqa: E402
+    dead_units_path,
+    write_experiment_figures,
+    write_experiment_tables,
+)
 from report_tables import ReportError, run_row, status_note, write, write_tables  # noqa: E402
 
 from command_line import ArgumentParser  # noqa: E402
@@ -50,7 +55,11 @@ SCRIPTS = (
     'gridsearch.py',
 )
 # folders: every folder once
-Config = namedtuple('Config', 'runs grid modifications seeds convnet changes numpy_convnet folders')
+Config = namedtuple(
+    'Config',
+    'runs grid modifications seeds convnet changes numpy_convnet experiments confusion '
+    'dead_units folders',
+)
 
 
 @dataclass
@@ -156,18 +165,29 @@ def load_config(runs_path):
         modifications.append(
             (row.label, shared(row), {key: shared(twin) for key, twin in twins.items()})
         )
-    seeds = []  # (label, [the same command's runs with other seeds])
-    for i, entry in enumerate(raw.get('seeds', [])):
+
+    def group(entry, where):  # (label, [the same command's runs with other seeds])
         paths = entry.get('paths') if isinstance(entry, dict) else None
         if not (isinstance(paths, list) and len(paths) > 1):
-            raise ReportError(f'{runs_path}: seeds[{i}] needs "paths", two or more run folders.', 2)
-        seeds.append(
-            (
-                str(entry.get('label', i)),
-                [shared(folder({'path': path}, f'seeds[{i}]')) for path in paths],
-            )
-        )
-    for key in ('convnet_ladder', 'numpy_convnet'):
+            raise ReportError(f'{runs_path}: {where} needs "paths", two or more run folders.', 2)
+        return str(entry.get('label', where)), [
+            shared(folder({'path': path}, where)) for path in paths
+        ]
+
+    seeds = [group(entry, f'seeds[{i}]') for i, entry in enumerate(raw.get('seeds', []))]
+    for i, (_, _, twins) in enumerate(modifications):  # the validation ladder's seeds 1-3
+        entry = raw['modifications'][i].get('validation', {})
+        if 'seeds' in entry:
+            twins['validation_seeds'] = group(entry['seeds'], f'modifications[{i}].seeds')[1]
+    experiments = raw.get('experiments', {})
+    lists = isinstance(experiments, dict) and all(isinstance(v, list) for v in experiments.values())
+    if not lists:
+        raise ReportError(f'{runs_path}: "experiments" must map names to lists of groups.', 2)
+    experiments = {
+        name: [group(entry, f'experiments.{name}[{i}]') for i, entry in enumerate(groups)]
+        for name, groups in experiments.items()
+    }
+    for key in ('convnet_ladder', 'numpy_convnet', 'confusion'):
         if unknown := [n for n in raw.get(key, []) if n not in runs]:
             raise ReportError(
                 f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
@@ -181,7 +201,17 @@ def load_config(runs_path):
     convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
     numpy_convnet = [runs[n] for n in raw.get('numpy_convnet', [])]
     return Config(
-        runs, grid, modifications, seeds, convnet, changes, numpy_convnet, [*folders.values(), grid]
+        runs,
+        grid,
+        modifications,
+        seeds,
+        convnet,
+        changes,
+        numpy_convnet,
+        experiments,
+        [runs[n] for n in raw.get('confusion', [])],
+        dead_units_path(raw, runs_path, ROOT),
+        [*folders.values(), grid],
     )
 
 
@@ -302,6 +332,7 @@ def write_figures(config, out):
     # drawn even without the pair in runs.json (empty axes): report.tex includes it
     write(f'{out}/numpy_convnet.png', numpy_convnet_figure(config.numpy_convnet, plt))
     plt.close('all')
+    write_experiment_figures(config, out, plt, STYLE)
 
 
 def numpy_convnet_figure(runs, plt):
@@ -424,6 +455,7 @@ def main(argv=None):
             )
         write_figures(config, os.path.join(out_dir, 'figures'))
         write_tables(config, os.path.join(out_dir, 'tables'))
+        write_experiment_tables(config, os.path.join(out_dir, 'tables'))
         print(f'make_report: figures in {out_dir}/figures, tables in {out_dir}/tables')
         if not args.no_pdf:
             if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it

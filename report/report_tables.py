@@ -28,6 +28,10 @@ TEX_SPECIAL = str.maketrans(
 )
 
 
+# runs.tex's macros: \val{NAME}{KEY} in report.tex reads \csname run:NAME:KEY\endcsname.
+DEFINE = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'
+
+
 class ReportError(Exception):
     """Something a user can fix; the message says what. exit_code: the process's status."""
 
@@ -78,6 +82,33 @@ def run_row(run):
         time,
         m.get('device') or 'cpu',
     ]
+
+
+def write_table(path, colspec, head, rows):
+    """A booktabs tabular to path: head in LaTeX, rows plain text (escaped here)."""
+    lines = [f'\\begin{{tabular}}{{{colspec}}}', r'\toprule', ' & '.join(head) + r' \\']
+    lines += [r'\midrule', *(' & '.join(map(tex, r)) + r' \\' for r in rows)]
+    write(path, '\n'.join([*lines, r'\bottomrule', r'\end{tabular}']) + '\n')
+
+
+def spread(values, digits=3):
+    """'mean ± sd' of values (the sample standard deviation, n - 1), or '--' with fewer than
+    two."""
+    if len(values) < 2:
+        return '--'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def group_numbers(runs):
+    """{column: [one value a run]} of a group's runs that completed: the training loss over
+    the last tenth of the steps, the final validation loss and accuracy, the test accuracy."""
+    present = [r.data for r in runs if not r.missing and r.data['status'] == 'completed']
+    return {
+        'training loss': [float(losses(m)['trainloss']) for m in present],
+        'validation loss': [m['validation_loss'][-1] for m in present if m.get('validation_loss')],
+        'validation acc.': [m['final_validation_accuracy'] for m in present],
+        'test acc., once': [m['final_test_accuracy'] for m in present],
+    }
 
 
 def time_v(run):
@@ -155,22 +186,8 @@ def write_tables(config, out):
     """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
     modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
 
-    def table(name, colspec, head, rows):  # NAME.tex, booktabs; head in LaTeX, rows plain text
-        write(
-            f'{out}/{name}.tex',
-            '\n'.join(
-                [
-                    f'\\begin{{tabular}}{{{colspec}}}',
-                    r'\toprule',
-                    ' & '.join(head) + r' \\',
-                    r'\midrule',
-                    *(' & '.join(map(tex, r)) + r' \\' for r in rows),
-                    r'\bottomrule',
-                    r'\end{tabular}',
-                ]
-            )
-            + '\n',
-        )
+    def table(name, colspec, head, rows):
+        write_table(f'{out}/{name}.tex', colspec, head, rows)
 
     def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
         return (
@@ -189,7 +206,7 @@ def write_tables(config, out):
         )
 
     os.makedirs(out, exist_ok=True)
-    define = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'.format
+    define = DEFINE.format
     values = []  # every folder's, named as in runs.json or by its path under report/runs/
     for r in config.folders[:-1]:
         values += [
@@ -291,14 +308,25 @@ def write_tables(config, out):
     # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
     table(
         'validation_ladder',
-        r'@{}>{\raggedright\arraybackslash}p{6.2cm}rrr@{}',
-        ['modification', 'validation', 'test, once', 'test (as chosen on it)'],
+        r'@{}>{\raggedright\arraybackslash}p{5.0cm}rrrrr@{}',
+        [
+            'modification',
+            'validation',
+            'test, once',
+            r'\shortstack[r]{validation\\seeds 1--3}',
+            r'\shortstack[r]{test, once\\seeds 1--3}',
+            'test (as chosen on it)',
+        ],
         [
             [
                 twin.label.removeprefix('validation: '),
                 *(
                     'missing' if m is None else '--' if m.get(k) is None else f'{m[k]:.3f}'
                     for k in ('final_validation_accuracy', 'final_test_accuracy')
+                ),
+                *(
+                    spread(group_numbers(twins.get('validation_seeds', []))[k])
+                    for k in ('validation acc.', 'test acc., once')
                 ),
                 run_row(run)[0],
             ]
