@@ -2,6 +2,8 @@
 status 2), the flags every script has, presets, and cli(), which turns what a user can cause
 into one sentence and an exit status."""
 
+from quiet_start import STOP_SIGNALS
+
 import argparse
 import contextlib
 import math
@@ -336,10 +338,6 @@ def flags_to_argv(flags):
     return argv
 
 
-# The signals that stop a run as Ctrl-C does: kill's default, and a closed terminal's.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 def _terminate(signum, frame):
     raise KeyboardInterrupt(signum)
 
@@ -347,8 +345,8 @@ def _terminate(signum, frame):
 def cli(train, args):
     """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
     value, 1 missing data, a diverged run, a failed write or too little memory, 130 Ctrl-C,
-    143 SIGTERM, 129 SIGHUP (both as Ctrl-C throughout, so that a download they stop is
-    cleaned up; the run sets its own handlers while it trains)."""
+    143 SIGTERM, 128 + its number another of STOP_SIGNALS (each as Ctrl-C throughout, so that
+    a download it stops is cleaned up; the run sets its own handlers while it trains)."""
     from cifar10_utils import CIFAR10Error
 
     prog = os.path.basename(sys.argv[0])

@@ -30,14 +30,12 @@ from command_line import (
 )
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
+from resume import check_record, continue_run, resume_point
 from train_utils import (
     Run,
     atomic_write,
     check_finite,
-    check_record,
     confusion_matrix,
-    continue_run,
-    resume_point,
 )
 
 # The course's defaults, as train_convnet_pytorch.py.

@@ -32,14 +32,12 @@ from command_line import (
     resume_defaults,
 )
 from convnet_pytorch import ConvNet
+from resume import check_record, continue_run, resume_point
 from train_utils import (
     Run,
     atomic_write,
     check_finite,
-    check_record,
     confusion_matrix,
-    continue_run,
-    resume_point,
     select_device,
 )
 

@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 from tqdm.auto import tqdm
 
-from command_line import STOP_SIGNALS, check_arguments, flags_to_argv
+from command_line import STOP_SIGNALS, flags_to_argv
 
 # The longest path (less room for the files in it) and file name the system takes.
 PATH_MAX, NAME_MAX = os.pathconf('/', 'PC_PATH_MAX'), os.pathconf('/', 'PC_NAME_MAX')
@@ -70,6 +70,7 @@ class Run:
         self.out_dir, self.made = out_dir, False  # made at the first write (see path)
         self.replaces = overwrite and start_step == 1  # a new run over the folder's old one
         self.stop_requested, self.signal = False, signal.SIGINT
+        self.carried = None  # (best checkpoint, its name) that a resumed run brings along
         self.at_once = self.saving = False  # what a signal does now (see _on_signal)
         self.started = time.perf_counter()
         versions = {
@@ -179,12 +180,27 @@ class Run:
         """Locks out_dir/.lock for as long as this process runs (see lock_folder)."""
         self._lock = lock_folder(self.path('.lock'), self.out_dir)
 
+    def _release(self):
+        with contextlib.suppress(OSError):  # the folder may be gone: the run says so
+            os.unlink(os.path.join(self.out_dir, '.lock'))
+            for folder in self.fresh:  # a run that failed before its first save
+                os.rmdir(folder)  # leaves no folder: rmdir stops at the first non-empty one
+        os.close(self._lock)
+
     def __enter__(self):
         self._claim()
         if self.replaces:  # no checkpoint of the old run may outlive it beside the new one
             for name in RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.out_dir, name))
+        if self.carried:  # a resumed run's best checkpoint, into its new folder
+            source, name = self.carried
+            try:
+                with open(source, 'rb') as best:
+                    atomic_write(self.path(name), lambda f: shutil.copyfileobj(best, f))
+            except BaseException:
+                self._release()
+                raise
         self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
@@ -204,11 +220,7 @@ class Run:
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
-            with contextlib.suppress(OSError):  # the folder may be gone: the run says so
-                os.unlink(os.path.join(self.out_dir, '.lock'))
-                for folder in self.fresh:  # a run that failed before its first save
-                    os.rmdir(folder)  # leaves no folder: rmdir stops at the first non-empty one
-            os.close(self._lock)
+            self._release()
         if kind is KeyboardInterrupt:
             error.signal = self.signal  # cli's exit status: 128 + its number
             print(
@@ -401,100 +413,3 @@ def atomic_write(path, write):
         if isinstance(e, OSError):  # a full disk, a folder made read-only or deleted
             raise OSError(e.errno, e.strerror, path) from None
         raise
-
-
-def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, overwrite):
-    """Where a run resumed from checkpoint `resume` goes on: (first step, out_dir, overwrite).
-    saved: the checkpoint's 'flags', 'step' and 'metrics'. ValueError, before any work, when a
-    flag of trajectory_flags changed (or max_steps, over which a schedule is laid out), when
-    the checkpoint is past --max_steps, or when a validation run that has been evaluated lacks
-    the best checkpoint (best_name) beside it, which its end tests. out_dir defaults to the
-    checkpoint's folder, where the run goes on in place."""
-    saved_flags, saved_step = saved['flags'], saved['step']
-    changed = [n for n in trajectory_flags if saved_flags.get(n) != flags[n]]
-    if flags['lr_schedule'] != 'constant' and saved_flags.get('max_steps') != flags['max_steps']:
-        changed.append('max_steps')
-    if changed:
-        given = ', '.join(f'--{n} {saved_flags.get(n)}' for n in changed)
-        raise ValueError(
-            f'{resume} was trained with {given}; a resumed run keeps the flags it started with.'
-        )
-    if saved_step > flags['max_steps']:
-        raise ValueError(
-            f'{resume} is at step {saved_step}, beyond --max_steps {flags["max_steps"]}.'
-        )
-    folder = os.path.dirname(os.path.abspath(resume))
-    evaluated = saved['metrics'].get('eval_steps')
-    if (
-        flags['validation_size']
-        and evaluated
-        and not os.path.exists(os.path.join(folder, best_name))
-    ):
-        raise ValueError(
-            f'{resume} has no {best_name} beside it, which the end of its '
-            'validation run tests; put it back, or start the run again.'
-        )
-    out_dir = out_dir or folder
-    return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
-
-
-# What a checkpoint's metrics must hold for continue_run, by type.
-SAVED_METRICS = {
-    'started': str,
-    'steps': list,
-    'train_loss': list,
-    'eval_steps': list,
-    'wall_seconds': (int, float),
-}
-
-
-def check_record(path, flags, step, metrics, parser):
-    """ValueError of one sentence unless a checkpoint's record is one its script wrote: flags
-    the script's parser takes, with values it accepts, a step count, and metrics that a run can
-    go on from. Checked on reading, so that a crafted record fails here and not mid-run."""
-    problem = None
-    if not isinstance(flags, dict) or not set(flags) <= {a.dest for a in parser._actions} - {
-        'help'
-    }:
-        problem = 'flags this script does not take'
-    elif not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        problem = f'a step count that is not a whole number ({step!r})'
-    elif not (
-        isinstance(metrics, dict)
-        and all(isinstance(metrics.get(k), kind) for k, kind in SAVED_METRICS.items())
-    ):
-        problem = 'metrics a run cannot go on from'
-    else:
-        try:
-            check_arguments(parser, flags)
-        except ValueError as e:
-            problem = f'a flag this script refuses ({e})'
-    if problem:
-        raise ValueError(f'{path} is not a checkpoint of this script: it holds {problem}.')
-
-
-def continue_run(run, saved_metrics, resume, saved_step, best_name):
-    """Carries a resumed run's metrics (one run, one metrics.json, across interruptions) and,
-    when it goes on in a new folder, the best checkpoint so far (best_name), which the end of
-    a validation run tests."""
-    split = run.metrics['eval_split']
-    for key in (
-        'started',
-        'steps',
-        'train_loss',
-        'eval_steps',
-        f'{split}_loss',
-        f'{split}_accuracy',
-        f'final_{split}_accuracy',
-        f'best_{split}_accuracy',
-    ):
-        run.metrics[key] = saved_metrics[key]
-    run.metrics['resumed'] = [
-        *saved_metrics.get('resumed', []),
-        {'from': resume, 'step': saved_step},
-    ]
-    run.started -= saved_metrics['wall_seconds']
-    folder = os.path.dirname(os.path.abspath(resume))
-    best = os.path.join(folder, best_name)
-    if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
-        shutil.copyfile(best, run.path(best_name))

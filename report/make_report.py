@@ -293,12 +293,13 @@ def write_figures(config, out):
     # The comparison: each run's accuracy while training, and at the end.
     runs, ys = list(config.runs.values()), range(len(config.runs) - 1, -1, -1)
     with plt.rc_context(STYLE):
-        fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(6.3, 2.7), width_ratios=[1.35, 1])
+        fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(6.3, 3.4), width_ratios=[1.35, 1])
         for i, (run, y) in enumerate(zip(runs, ys)):
             if run.missing or run.data['final_test_accuracy'] is None:
                 continue  # its label says it is missing; a run not yet evaluated has no points
             m, c = run.data, f'C{i % 10}'
-            epochs = np.asarray(m['eval_steps']) * (m['flags'].get('batch_size') or 50000) / 50000
+            trained_on = 50000 - (m['flags'].get('validation_size') or 0)  # images an epoch
+            epochs = np.asarray(m['eval_steps']) * (m['flags'].get('batch_size') or 1) / trained_on
             split = m.get('eval_split', 'test')  # validation: dashed, tested once at the end
             ax_curve.plot(
                 epochs,
@@ -311,21 +312,21 @@ def write_figures(config, out):
             )
             final, best = m['final_test_accuracy'], m.get('best_pt_test_accuracy')
             ax_bar.barh(y, final, color=c, alpha=0.85)
-            if best is not None:  # best.pt, chosen on validation; the caption explains the tick
-                ax_bar.plot(best, y, 'k|', ms=12, mew=1.5)
+            if best is not None:  # best.pt, chosen on validation; the caption explains it
+                ax_bar.plot(best, y, 'D', ms=4.5, mfc='k', mec='w', mew=0.8, zorder=3)
             ax_bar.text(max(final, best or 0) + 0.015, y, f'{final:.3f}', va='center', fontsize=8)
         ax_curve.set(
-            xlabel='epochs (steps x batch size / 50,000)',
-            ylabel='test accuracy',
-            title='Test accuracy during training',
+            xlabel='epochs (images seen / training images)',
+            ylabel='accuracy (dashed: validation)',
+            title='Accuracy during training',
         )
-        if ax_curve.lines:
-            ax_curve.legend(frameon=False, loc='lower right', fontsize=7)
+        if ax_curve.lines:  # below the panels: inside, it would cover the MLPs' curves
+            fig.legend(loc='lower center', ncol=3, frameon=False, fontsize=7)
         ax_bar.set_yticks(ys, [r.label + ' (missing)' * r.missing for r in runs])
         ax_bar.set(xlim=(0, 1), xlabel='test accuracy', title='Final test accuracy')
         ax_curve.grid(alpha=0.3)
         ax_bar.grid(alpha=0.3, axis='x')
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.17, 1, 1))
     for ext in ('pdf', 'png'):
         write(f'{out}/comparison.{ext}', fig)
     plt.close('all')
@@ -353,14 +354,17 @@ def numpy_convnet_figure(runs, plt):
                 lw=1,
                 label=label,
             )
-            ax_loss.plot(m['eval_steps'], m['test_loss'], 'o--', c=c, ms=2.5, lw=0.8)
-            ax_acc.plot(m['eval_steps'], m['test_accuracy'], 'o-', c=c, ms=2.5, lw=1.2)
+            split = m.get('eval_split', 'test')  # a run with a validation split evaluates on it
+            ax_loss.plot(m['eval_steps'], m[f'{split}_loss'], 'o--', c=c, ms=2.5, lw=0.8)
+            ax_acc.plot(m['eval_steps'], m[f'{split}_accuracy'], 'o-', c=c, ms=2.5, lw=1.2)
         ax_loss.set(
             xlabel='step',
             ylabel='cross-entropy loss',
-            title='Training loss (smoothed) and test loss (dashed)',
+            title='Training loss (smoothed), evaluation loss (dashed)',
         )
-        ax_acc.set(xlabel='step', ylabel='test accuracy', title='Test accuracy')
+        ax_acc.set(
+            xlabel='step', ylabel='evaluation accuracy', title='Accuracy on the evaluation split'
+        )
         if ax_loss.lines:
             ax_loss.legend(frameon=False, fontsize=7)
         for ax in (ax_loss, ax_acc):

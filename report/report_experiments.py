@@ -31,7 +31,7 @@ def experiment_values(config):
         for i, (_, runs) in enumerate(groups):
             for column, numbers in group_numbers(runs).items():
                 digits = 2 if 'loss' in column else 3
-                values.append((f'exp/{name}/{i}', keys[column], spread(numbers, digits)))
+                values.append((f'exp/{name}/{i}', keys[column], tex(spread(numbers, digits))))
     return values
 
 
@@ -198,12 +198,8 @@ def confusion_figure(matrices, plt):
 
 
 def dead_units_path(raw, runs_path, root):
-    """runs.json's "dead_units" (a JSON file under report/), or None."""
+    """runs.json's "dead_units" (the JSON file report/dead_units.py writes), or None."""
     path = raw.get('dead_units')
-    if path is None:
-        return None
-    if not isinstance(path, str) or not os.path.abspath(os.path.join(root, path)).startswith(
-        os.path.join(root, 'report') + os.sep
-    ):
-        raise ReportError(f'{runs_path}: "dead_units" must be a path under report/.', 2)
-    return os.path.join(root, path)
+    if path is not None and not isinstance(path, str):
+        raise ReportError(f'{runs_path}: "dead_units" must be the path of a JSON file.', 2)
+    return path and os.path.join(root, path)

@@ -23,6 +23,7 @@ TEX_SPECIAL = str.maketrans(
         '\\': r'\textbackslash{}',
         '~': r'\textasciitilde{}',
         '^': r'\textasciicircum{}',
+        '±': r'\ensuremath{\pm}',  # (the text font's ± is a bitmap font here)
         **{c: '\\' + c for c in '&%$#_{}'},
     }
 )
@@ -30,6 +31,9 @@ TEX_SPECIAL = str.maketrans(
 
 # runs.tex's macros: \val{NAME}{KEY} in report.tex reads \csname run:NAME:KEY\endcsname.
 DEFINE = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'
+
+
+TEST_IMAGES = 10_000  # CIFAR-10's test set
 
 
 class ReportError(Exception):
@@ -48,6 +52,17 @@ def tex(text, tt=False):
         if tt
         else text
     )
+
+
+def command_tex(argv):
+    """A command in typewriter type that breaks only between its flags: each flag stays on
+    one line with its value."""
+    groups = []
+    for arg in argv:
+        if arg.startswith('-') or not groups:
+            groups.append([])
+        groups[-1].append(shlex.quote(arg))
+    return ' '.join(r'\mbox{\texttt{' + tex(' '.join(g)) + '}}' for g in groups)
 
 
 def status_note(m):
@@ -109,6 +124,18 @@ def group_numbers(runs):
         'validation acc.': [m['final_validation_accuracy'] for m in present],
         'test acc., once': [m['final_test_accuracy'] for m in present],
     }
+
+
+def with_standard_error(run):
+    """A run's final validation and test accuracy, each as 'p ± SE' with its binomial standard
+    error sqrt(p (1 - p) / n) on the n images it was measured on; '--' where there is none."""
+    m, cells = run.data or {}, []
+    sizes = ((m.get('flags') or {}).get('validation_size'), TEST_IMAGES)
+    for key, n in zip(('final_validation_accuracy', 'final_test_accuracy'), sizes):
+        p = m.get(key)
+        ok = isinstance(p, (int, float)) and isinstance(n, int) and n > 0
+        cells.append(f'{p:.3f} ± {math.sqrt(p * (1 - p) / n):.3f}' if ok else '--')
+    return cells
 
 
 def time_v(run):
@@ -348,14 +375,12 @@ def write_tables(config, out):
     table(
         'changes',
         '@{}lrrrr@{}',
-        ['change', 'validation', 'test, once', 'steps', 'time'],
+        ['change', 'validation ± SE', 'test, once ± SE', 'steps', 'time'],
         [
             [
                 label,
-                '--'
-                if run.missing or 'final_validation_accuracy' not in run.data
-                else f'{run.data["final_validation_accuracy"]:.3f}',
-                *(run_row(run)[i] for i in (0, 2, 3)),
+                *with_standard_error(run),
+                *(run_row(run)[i] for i in (2, 3)),
             ]
             for label, run in config.changes
         ],
@@ -403,8 +428,9 @@ def write_tables(config, out):
                 r'\begin{description}\setlength\itemsep{2pt}',
                 *(
                     f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
-                    + tex(shlex.join(run.rerun_command() or ['unknown']), tt=True)
+                    + command_tex(run.rerun_command() or ['unknown'])
                     for run in config.folders
+                    if run.label != run.name or run is config.grid  # the seeds: below
                 ),
                 r'\end{description}',
             ]

@@ -58,6 +58,11 @@ def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='complet
             final_test_accuracy=0.625,
             best_pt_test_accuracy=0.75,
         )
+    # 10,000 test images, 1,000 a class, with the final test accuracy on the diagonal
+    right = round(1000 * metrics['final_test_accuracy'])
+    confusion = np.full((10, 10), (1000 - right) // 9)
+    np.fill_diagonal(confusion, 1000 - 9 * ((1000 - right) // 9))
+    metrics['test_confusion'] = confusion.tolist()
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'metrics.json'), 'w') as f:
         json.dump(metrics, f)
@@ -179,6 +184,28 @@ def fake_project(tmp_path, skip=()):
         {'label': '+ a split', 'path': str(runs_dir / 'convnet_fast')},
         {'label': 'no split', 'path': str(runs_dir / 'convnet_default')},
     ]
+    seeds = []  # three seeds of a run with a validation split, for the experiments
+    for seed in (1, 2, 3):
+        seeds.append(str(runs_dir / f'seed{seed}'))
+        fake_metrics(seeds[-1], 'train_mlp_pytorch.py', seed=seed, validation_size=5000)
+    config['modifications'][0]['validation'] = {
+        'path': seeds[0],
+        'seeds': {'label': 'seeds 1-3', 'paths': seeds},
+    }
+    config['experiments'] = {
+        name: [{'label': 'a', 'paths': seeds}, {'label': 'b', 'paths': seeds[::-1]}]
+        for name in ('batchnorm', 'crops', 'learning_rate')
+    }
+    config['confusion'] = ['mlp_pytorch_best', 'convnet_fast']
+    config['numpy_convnet'] = ['convnet_default', 'convnet_fast']
+    dead_units = {
+        'settings': {
+            '[100, 100]': [{'step': 10, 'dead': [0.0, 0.5], 'train_accuracy': 0.2}],
+            '[50, 30, 20]': [{'step': 10, 'dead': [0.0, 0.2, 0.4], 'train_accuracy': 0.3}],
+        }
+    }
+    (runs_dir / 'dead_units.json').write_text(json.dumps(dead_units))
+    config['dead_units'] = str(runs_dir / 'dead_units.json')
     path = tmp_path / 'runs.json'
     path.write_text(json.dumps(config))
     return str(path)

@@ -1,0 +1,104 @@
+"""Going on from a checkpoint, for the two ConvNet scripts (each writes its own format): the
+checkpoint's record checked on reading, the step and folder the run resumes at, and the
+metrics and best checkpoint it carries along."""
+
+import os
+
+from command_line import check_arguments
+
+
+def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, overwrite):
+    """Where a run resumed from checkpoint `resume` goes on: (first step, out_dir, overwrite).
+    saved: the checkpoint's 'flags', 'step' and 'metrics'. ValueError, before any work, when a
+    flag of trajectory_flags changed (or max_steps, over which a schedule is laid out), when
+    the checkpoint is past --max_steps, or when a validation run that has been evaluated lacks
+    the best checkpoint (best_name) beside it, which its end tests. out_dir defaults to the
+    checkpoint's folder, where the run goes on in place."""
+    saved_flags, saved_step = saved['flags'], saved['step']
+    changed = [n for n in trajectory_flags if saved_flags.get(n) != flags[n]]
+    if flags['lr_schedule'] != 'constant' and saved_flags.get('max_steps') != flags['max_steps']:
+        changed.append('max_steps')
+    if changed:
+        given = ', '.join(f'--{n} {saved_flags.get(n)}' for n in changed)
+        raise ValueError(
+            f'{resume} was trained with {given}; a resumed run keeps the flags it started with.'
+        )
+    if saved_step > flags['max_steps']:
+        raise ValueError(
+            f'{resume} is at step {saved_step}, beyond --max_steps {flags["max_steps"]}.'
+        )
+    folder = os.path.dirname(os.path.abspath(resume))
+    evaluated = saved['metrics'].get('eval_steps')
+    if (
+        flags['validation_size']
+        and evaluated
+        and not os.path.exists(os.path.join(folder, best_name))
+    ):
+        raise ValueError(
+            f'{resume} has no {best_name} beside it, which the end of its '
+            'validation run tests; put it back, or start the run again.'
+        )
+    out_dir = out_dir or folder
+    return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
+
+
+# What a checkpoint's metrics must hold for continue_run, by type.
+SAVED_METRICS = {
+    'started': str,
+    'steps': list,
+    'train_loss': list,
+    'eval_steps': list,
+    'wall_seconds': (int, float),
+}
+
+
+def check_record(path, flags, step, metrics, parser):
+    """ValueError of one sentence unless a checkpoint's record is one its script wrote: flags
+    the script's parser takes, with values it accepts, a step count, and metrics that a run can
+    go on from. Checked on reading, so that a crafted record fails here and not mid-run."""
+    problem = None
+    if not isinstance(flags, dict) or not set(flags) <= {a.dest for a in parser._actions} - {
+        'help'
+    }:
+        problem = 'flags this script does not take'
+    elif not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        problem = f'a step count that is not a whole number ({step!r})'
+    elif not (
+        isinstance(metrics, dict)
+        and all(isinstance(metrics.get(k), kind) for k, kind in SAVED_METRICS.items())
+    ):
+        problem = 'metrics a run cannot go on from'
+    else:
+        try:
+            check_arguments(parser, flags)
+        except ValueError as e:
+            problem = f'a flag this script refuses ({e})'
+    if problem:
+        raise ValueError(f'{path} is not a checkpoint of this script: it holds {problem}.')
+
+
+def continue_run(run, saved_metrics, resume, saved_step, best_name):
+    """Carries a resumed run's metrics (one run, one metrics.json, across interruptions) and,
+    when it goes on in a new folder, the best checkpoint so far (best_name), which the end of
+    a validation run tests."""
+    split = run.metrics['eval_split']
+    for key in (
+        'started',
+        'steps',
+        'train_loss',
+        'eval_steps',
+        f'{split}_loss',
+        f'{split}_accuracy',
+        f'final_{split}_accuracy',
+        f'best_{split}_accuracy',
+    ):
+        run.metrics[key] = saved_metrics[key]
+    run.metrics['resumed'] = [
+        *saved_metrics.get('resumed', []),
+        {'from': resume, 'step': saved_step},
+    ]
+    run.started -= saved_metrics['wall_seconds']
+    folder = os.path.dirname(os.path.abspath(resume))
+    best = os.path.join(folder, best_name)
+    if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
+        run.carried = (best, best_name)  # copied once the run holds its folder (__enter__)
