@@ -28,7 +28,18 @@ TEST_FILES = ('test_batch',)
 BATCH_FILES = TRAIN_FILES + TEST_FILES
 N_CLASSES = 10
 # batches.meta's label_names, in label order.
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+CLASS_NAMES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 
 
 # A download slower than this over a whole window is given up (a server that trickles).
