@@ -24,7 +24,8 @@ COLUMNS = ['runs', 'training loss', 'validation loss', 'validation acc.', 'test 
 
 def experiment_values(config):
     """(name, key, text) for experiments.tex: each group's mean ± sd, as exp/NAME/ROW with
-    the keys trainloss, valloss, valacc and testacc (ROW counts from 0)."""
+    the keys trainloss, valloss, valacc and testacc (ROW counts from 0), and the validation
+    ladder's seeds 1-3, as ladder/ROW with valacc and testacc."""
     keys = dict(zip(COLUMNS[1:], ('trainloss', 'valloss', 'valacc', 'testacc')))
     values = []
     for name, groups in config.experiments.items():
@@ -32,6 +33,12 @@ def experiment_values(config):
             for column, numbers in group_numbers(runs).items():
                 digits = 2 if 'loss' in column else 3
                 values.append((f'exp/{name}/{i}', keys[column], tex(spread(numbers, digits))))
+    for i, (_, _, twins) in enumerate(config.modifications):  # the ladder's seeds, as ladder/ROW
+        numbers = group_numbers(twins.get('validation_seeds', []))
+        values += [
+            (f'ladder/{i}', key, tex(spread(numbers[column])))
+            for key, column in (('valacc', 'validation acc.'), ('testacc', 'test acc., once'))
+        ]
     return values
 
 

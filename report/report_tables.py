@@ -192,14 +192,14 @@ def summary(run):
     if run.missing:  # Appendix A gives the command that produces it
         return r'\textbf{Run missing} (' + tex(run.problem) + ').'
     if run.record == 'best.json':
-        params = ', '.join(f'{k}={v}' for k, v in m['best_params'].items())
+        params = ', '.join(f'{k.replace("_", " ")} {v}' for k, v in m['best_params'].items())
         refit = ''
         if m['test_accuracy'] is not None:
             refit = '; test accuracy after refitting on the whole training set '
             refit += f'{m["test_accuracy"]:.3f}'
         return (
             f'{m["cv"]}-fold cross-validation on {m["n_train"]} training images, '
-            f'{m["max_epochs"]} epochs per fit; best setting {tex(params, tt=True)}; its '
+            f'{m["max_epochs"]} epochs per fit; best setting: {tex(params)}; its '
             f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.'
         )
     final, best, _, time, device = run_row(run)
@@ -289,19 +289,13 @@ def write_tables(config, out):
         + '\n',
     )
 
-    base = config.modifications[0][1] if config.modifications else None
-    rows = [
-        [
-            label,
-            '(baseline)'
-            if i == 0
-            else '--'
-            if run.missing or base.missing
-            else flag_changes(run.data['flags'], base.data['flags']),
-            *run_row(run)[:3:2],
-        ]
-        for i, (label, run, _) in enumerate(config.modifications)
-    ]
+    rows = []  # each row's flags against the row above's: the change it makes
+    for i, (label, run, _) in enumerate(config.modifications):
+        above = config.modifications[i - 1][1] if i else None
+        changed = '(baseline)' if i == 0 else '--'
+        if i and not (run.missing or above.missing):
+            changed = flag_changes(run.data['flags'], above.data['flags'])
+        rows.append([label, changed, *run_row(run)[:3:2]])
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
     table(
         'modifications',

@@ -110,7 +110,10 @@ def test_every_figure_and_table(report):
     assert mods[3][:2] == ['best', '`--optimizer adamw --dropout 0.2`']
     # LaTeX would set -- as an en dash.
     assert '-{}-optimizer adam' in (out / 'tables' / 'modifications.tex').read_text()
-    assert r'two seeds & 0.500 \ensuremath{\pm} 0.000 & 0.500, 0.500' in (out / 'tables' / 'seeds.tex').read_text()
+    assert (
+        r'two seeds & 0.500 \ensuremath{\pm} 0.000 & 0.500, 0.500'
+        in (out / 'tables' / 'seeds.tex').read_text()
+    )
     macros = (out / 'tables' / 'runs.tex').read_text()
     assert '\\csname run:convnet_default:final\\endcsname{0.500}' in macros
     assert 'test accuracy after refitting on the whole training set 0.450' in macros

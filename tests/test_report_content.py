@@ -23,22 +23,30 @@ def test_the_committed_report_comes_from_its_runs(tmp_path):
         run.load()
         assert not run.missing, run.problem
     make_report.write_tables(config, str(tmp_path))
+    make_report.write_experiment_tables(config, str(tmp_path))
     for name in os.listdir(tmp_path):
         with open(os.path.join(ROOT, 'report', 'tables', name)) as f:
             assert f.read() == (tmp_path / name).read_text(), f'tables/{name} is out of date'
     with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
         tex = re.sub(r'(?<!\\)%.*', '', f.read())  # without its comments
-    macros = (tmp_path / 'runs.tex').read_text()
+    macros = (tmp_path / 'runs.tex').read_text() + (tmp_path / 'experiments.tex').read_text()
     cited = [
+        *(
+            (f'exp/{n}/{row}', key)
+            for n, row, key in re.findall(r'\\expval\{(\w+)\}\{(\d+)\}\{(\w+)\}', tex)
+        ),
+        *((f'ladder/{row}', key) for row, key in re.findall(r'\\ladder\{(\d+)\}\{(\w+)\}', tex)),
         *((name, 'final') for name in re.findall(r'\\finalacc\{([^}]*)\}', tex)),
         *((name, 'summary') for name in re.findall(r'\\runsummary\{([^}]*)\}', tex)),
         *re.findall(r'\\runval\{([^}]*)\}\{([^}]*)\}', tex),
     ]
     assert len(cited) > 20
     for name, key in cited:
-        if name.startswith('#'):  # the macros' own definitions
+        if '#' in name:  # the macros' own definitions
             continue
         assert f'run:{name}:{key}\\endcsname' in macros, f'{name} {key}'
+        value = macros.split(f'run:{name}:{key}\\endcsname{{', 1)[1].split('}\n', 1)[0]
+        assert value not in ('-{}-', '--', r'\textbf{missing}'), f'{name} {key} is {value}'
     for name in re.findall(r'\\includegraphics[^{]*\{curves_([^}.]*)', tex):
         assert name in config.runs, name
 
@@ -135,3 +143,33 @@ def test_every_folder_has_a_name_of_its_own():
     names = [run.name for run in config.folders]
     assert len(names) == len(set(names))
     assert {'mod_kaiming', 'validation/mod_kaiming', 'gridsearch'} <= set(names)
+
+
+def prose(tex):
+    """report.tex's running text: without comments, the preamble, math, tables, figures'
+    file names, code and test names, and the macros' arguments."""
+    text = re.sub(r'(?<!\\)%.*', '', tex)
+    text = text[text.index(r'\begin{document}') :]
+    for pattern in (
+        r'\\begin\{(equation|align|gather|multline|tabular)\*?\}.*?\\end\{\1\*?\}',
+        r'\\\[.*?\\\]',
+        r'\$[^$]*\$',
+        r'\\(?:code|test|url|ref|eqref|label|input|includegraphics|runval|expval|ladder|finalacc'
+        r'|runsummary)(?:\[[^]]*\])?(?:\{[^}]*\})+',
+    ):
+        text = re.sub(pattern, ' ', text, flags=re.S)
+    return text
+
+
+def test_no_number_in_the_text_is_typed_by_hand():
+    """A measured number in report.tex is a macro make_report.py wrote from a run: the prose
+    holds no decimal number of its own (settings and arithmetic are written as math)."""
+    with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
+        text = prose(f.read())
+    typed = re.findall(r'.{0,30}(?<![\w.])\d+\.\d+.{0,30}', text)
+    assert not typed, typed
+
+
+def test_prose_catches_a_typed_number():
+    assert re.search(r'\d+\.\d+', prose('\\begin{document} accuracy 0.884 $x = 0.5$'))
+    assert not re.search(r'\d+\.\d+', prose('\\begin{document} $0.5$ \\finalacc{a.b} % 0.9'))
