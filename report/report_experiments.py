@@ -10,6 +10,7 @@ import numpy as np
 from report_tables import (
     DEFINE,
     ReportError,
+    completed,
     group_numbers,
     spread,
     tex,
@@ -49,9 +50,6 @@ def write_experiment_tables(config, out):
     lines += [DEFINE.format(*v) for v in experiment_values(config)]
     write(f'{out}/experiments.tex', '\n'.join(lines) + '\n')
 
-    def table(name, colspec, head, rows):
-        write_table(f'{out}/{name}.tex', colspec, head, rows)
-
     for name, groups in config.experiments.items():
         rows = []
         for label, runs in groups:
@@ -59,10 +57,11 @@ def write_experiment_tables(config, out):
             rows.append(
                 [label] + [spread(numbers[c], 2 if 'loss' in c else 3) for c in COLUMNS[1:]]
             )
-        table(f'exp_{name}', r'@{}>{\raggedright\arraybackslash}p{4.6cm}rrrr@{}', COLUMNS, rows)
+        colspec = r'@{}>{\raggedright\arraybackslash}p{4.6cm}rrrr@{}'
+        write_table(f'{out}/exp_{name}.tex', colspec, COLUMNS, rows)
     matrices = confusion_matrices(config)
-    table(
-        'per_class',
+    write_table(
+        f'{out}/per_class.tex',
         '@{}l' + 'r' * len(matrices) + '@{}',
         ['class', *(tex(run.label) for run, _ in matrices)],
         [
@@ -124,7 +123,7 @@ def seed_curves(groups, plt):
     accuracy, against the step."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.3, 2.6))
     for i, (label, runs) in enumerate(groups):
-        present = [r.data for r in runs if not r.missing and r.data['status'] == 'completed']
+        present = completed(runs)
         if not present:
             continue
         c, steps = f'C{i}', np.asarray(present[0]['eval_steps'])

@@ -114,10 +114,15 @@ def spread(values, digits=3):
     return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
 
 
+def completed(runs):
+    """The records of the runs that are present and completed."""
+    return [r.data for r in runs if not r.missing and r.data['status'] == 'completed']
+
+
 def group_numbers(runs):
     """{column: [one value a run]} of a group's runs that completed: the training loss over
     the last tenth of the steps, the final validation loss and accuracy, the test accuracy."""
-    present = [r.data for r in runs if not r.missing and r.data['status'] == 'completed']
+    present = completed(runs)
     return {
         'training loss': [float(losses(m)['trainloss']) for m in present],
         'validation loss': [m['validation_loss'][-1] for m in present if m.get('validation_loss')],
