@@ -338,7 +338,9 @@ def flags_to_argv(flags):
     return argv
 
 
-def _terminate(signum, frame):
+def interrupt(signum, frame):
+    """A signal handler: signal signum stops the script as Ctrl-C would, KeyboardInterrupt(signum)
+    saying which."""
     raise KeyboardInterrupt(signum)
 
 
@@ -350,7 +352,7 @@ def cli(train, args):
     from cifar10_utils import CIFAR10Error
 
     prog = os.path.basename(sys.argv[0])
-    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
     try:
         metrics = train(**vars(args))
     except (ValueError, CIFAR10Error, FloatingPointError) as e:

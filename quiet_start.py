@@ -27,6 +27,7 @@ SCRIPTS = (
     'train_convnet_numpy.py',
     'train_convnet_pytorch.py',
     'gridsearch.py',
+    'dead_units.py',  # report/'s
 )
 
 

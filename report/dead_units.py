@@ -13,15 +13,20 @@ Writes report/runs/dead_units/dead_units.json, which make_report.py draws."""
 import os
 import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
+import quiet_start  # noqa: E402, F401 (first: see its docstring)
+
+import signal  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
 import cifar10_utils  # noqa: E402
+from command_line import STOP_SIGNALS, ArgumentParser, interrupt  # noqa: E402
 from mlp_pytorch import MLP  # noqa: E402
 from train_utils import write_json  # noqa: E402
 
@@ -76,9 +81,14 @@ def run(hidden, x, y):
     return record
 
 
-def main():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    train = cifar10_utils.get_cifar10(one_hot=False, seed=SEED)['train']
+def measure(data_dir, out):
+    """Both settings' records on the grid's subsample of the training set, written to out."""
+    train = cifar10_utils.get_cifar10(data_dir, one_hot=False, seed=SEED)['train']
+    if train.num_examples <= SUBSAMPLE:
+        raise cifar10_utils.CIFAR10Error(
+            f"{data_dir} holds {train.num_examples} training images; the grid's subsample "
+            f'takes {SUBSAMPLE} of them.'
+        )
     keep, _ = train_test_split(
         np.arange(train.num_examples),
         train_size=SUBSAMPLE,
@@ -87,19 +97,57 @@ def main():
     )  # the grid's subsample (gridsearch.py --subsample 5000)
     keep = np.sort(keep)
     x, y = torch.from_numpy(train.images[keep]), torch.from_numpy(train.labels[keep])
+    settings = {}
+    for name, hidden in SETTINGS.items():
+        print(
+            f'dead_units.py: training hidden layers {name} for {CHECKPOINTS[-1]} steps', flush=True
+        )
+        settings[name] = run(hidden, x, y)
     result = {
-        'command': ['python', 'report/dead_units.py'],
+        'command': ['python', 'report/dead_units.py', *sys.argv[1:]],
         'learning_rate': LEARNING_RATE,
         'batch_size': BATCH_SIZE,
         'subsample': SUBSAMPLE,
         'seed': SEED,
-        'settings': {name: run(hidden, x, y) for name, hidden in SETTINGS.items()},
+        'settings': settings,
     }
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    write_json(OUT, result)
-    for name, record in result['settings'].items():
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    write_json(out, result)
+    for name, record in settings.items():
         print(name, [(r['step'], [round(d, 3) for d in r['dead']]) for r in record])
 
 
+def main(argv=None):
+    """Exit status: 0 written, 1 no data or a failed write, 128 + N stopped by signal N (Ctrl-C:
+    130), before anything was written."""
+    p = ArgumentParser(prog='dead_units.py', description=__doc__.split('\n\n')[0])
+    p.add_argument('--data_dir', default=cifar10_utils.default_data_dir(), help='CIFAR-10 folder')
+    p.add_argument('--out', default=OUT, help='the JSON file to write')
+    args = p.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
+    try:
+        measure(args.data_dir, os.path.abspath(args.out))
+    except cifar10_utils.CIFAR10Error as e:
+        print(f'dead_units.py: error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(
+            f'dead_units.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(
+            f'dead_units.py: stopped by {signal.Signals(signum).name}; nothing was written.',
+            file=sys.stderr,
+        )
+        return 128 + signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

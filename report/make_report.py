@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -26,9 +27,11 @@ REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from records import shape_problem  # noqa: E402
+from records import group_problem, shape_problem  # noqa: E402
 from report_experiments import (  # noqa: E402
+    dead_units_figure,
     dead_units_path,
+    read_dead_units,
     write_experiment_figures,
     write_experiment_tables,
 )
@@ -54,6 +57,9 @@ SCRIPTS = (
     'train_convnet_pytorch.py',
     'gridsearch.py',
 )
+# The names runs.json gives runs and experiments, which the report's macros and file names
+# spell (an experiment's names files of its own, so no / or .).
+RUN_NAME, EXPERIMENT_NAME = r'[A-Za-z0-9][A-Za-z0-9_./-]*', r'[A-Za-z0-9][A-Za-z0-9_-]*'
 # folders: every folder once
 Config = namedtuple(
     'Config',
@@ -119,7 +125,10 @@ def load_config(runs_path):
             raise ReportError(f'{runs_path}: {where}: "command" must be a list of strings.', 2)
         # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
         # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
-        name = name or os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
+        if name is None:
+            name = os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
+            where += ' (named by its path under runs/ beside runs.json)'
+        plain(name, where)
         return Run(
             name,
             str(entry.get('label', name)),
@@ -128,6 +137,25 @@ def load_config(runs_path):
             record,
             time=entry.get('time') and str(entry['time']),
         )
+
+    def plain(name, where, pattern=RUN_NAME):  # a name goes into LaTeX macros and file names
+        if not (isinstance(name, str) and re.fullmatch(pattern, name)):
+            raise ReportError(
+                f'{runs_path}: {where}: the name {name!r} holds characters other than letters, '
+                f'digits and {"_ . / -" if pattern is RUN_NAME else "_ -"}, or starts with one.',
+                2,
+            )
+        return name
+
+    def names(key):  # a list of runs' names
+        value = raw.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
+            raise ReportError(f'{runs_path}: "{key}" must be a list of names of "runs".', 2)
+        if unknown := [n for n in value if n not in runs]:
+            raise ReportError(
+                f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
+            )
+        return [runs[n] for n in value]
 
     def shared(run):  # a folder runs.json names twice is one Run, read once
         return folders.setdefault(os.path.normpath(run.path), run)
@@ -180,39 +208,57 @@ def load_config(runs_path):
         if 'seeds' in entry:
             twins['validation_seeds'] = group(entry['seeds'], f'modifications[{i}].seeds')[1]
     experiments = raw.get('experiments', {})
-    lists = isinstance(experiments, dict) and all(isinstance(v, list) for v in experiments.values())
+    lists = isinstance(experiments, dict) and all(
+        isinstance(v, list) and v for v in experiments.values()
+    )
     if not lists:
         raise ReportError(f'{runs_path}: "experiments" must map names to lists of groups.', 2)
     experiments = {
-        name: [group(entry, f'experiments.{name}[{i}]') for i, entry in enumerate(groups)]
+        plain(name, 'experiments', EXPERIMENT_NAME): [
+            group(entry, f'experiments.{name}[{i}]') for i, entry in enumerate(groups)
+        ]
         for name, groups in experiments.items()
     }
-    for key in ('convnet_ladder', 'numpy_convnet', 'confusion'):
-        if unknown := [n for n in raw.get(key, []) if n not in runs]:
-            raise ReportError(
-                f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
-            )
     changes = [
         folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
         for i, entry in enumerate(raw.get('convnet_changes', []))
     ]
     changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
-    convnet = [runs[n] for n in raw.get('convnet_ladder', [])]
-    numpy_convnet = [runs[n] for n in raw.get('numpy_convnet', [])]
     return Config(
         runs,
         grid,
         modifications,
         seeds,
-        convnet,
+        names('convnet_ladder'),
         changes,
-        numpy_convnet,
+        names('numpy_convnet'),
         experiments,
-        [runs[n] for n in raw.get('confusion', [])],
+        names('confusion'),
         dead_units_path(raw, runs_path, ROOT),
         [*folders.values(), grid],
     )
+
+
+def check_groups(config):
+    """Marks missing, with the reason, each loaded run of a group of seeds (runs.json's
+    "experiments" and the ladder's "seeds") that cannot be averaged with the others: see
+    records.group_problem; and its evaluation steps must be those of the group's first run."""
+    groups = [runs for groups in config.experiments.values() for _, runs in groups]
+    groups += [twins.get('validation_seeds', []) for _, _, twins in config.modifications]
+    for runs in groups:
+        first = None
+        for run in runs:
+            if run.missing:
+                continue
+            problem = group_problem(run.data)
+            if not problem and run.data['status'] == 'completed':
+                first = first or run
+                if run.data['eval_steps'] != first.data['eval_steps']:
+                    problem = f'is evaluated at other steps than {first.path}, in its group'
+            if problem:
+                run.problem = f'{os.path.join(run.path, run.record)} {problem}'
+                run.data, run.missing = None, True
 
 
 def safe_command(run):
@@ -259,13 +305,16 @@ def rerun(config, names):
             raise ReportError(f'rerun of {name} failed (exit {status}): {shlex.join(command)}')
 
 
-def write_figures(config, out):
-    """figures/: curves_NAME.png (plot_curves's), gridsearch_heatmap.png, comparison.{pdf,png}."""
+def write_figures(config, dead_units, out):
+    """figures/: curves_NAME.png (plot_curves's), gridsearch_heatmap.png, comparison.{pdf,png},
+    dead_units.png (of dead_units, report/dead_units.py's record) and the experiments'."""
     os.makedirs(out, exist_ok=True)
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    matplotlib.rcParams['text.parse_math'] = False  # labels are runs.json's text, never TeX
 
     def placeholder(path, text):  # says what is missing, where the report shows a figure
         fig = plt.figure(figsize=(6.3, 2.0))
@@ -333,6 +382,14 @@ def write_figures(config, out):
     # drawn even without the pair in runs.json (empty axes): report.tex includes it
     write(f'{out}/numpy_convnet.png', numpy_convnet_figure(config.numpy_convnet, plt))
     plt.close('all')
+    if config.dead_units and not dead_units:
+        placeholder(
+            f'{out}/dead_units.png', f'missing:\n{os.path.relpath(config.dead_units, ROOT)}'
+        )
+    elif dead_units:
+        with plt.rc_context(STYLE):
+            write(f'{out}/dead_units.png', dead_units_figure(dead_units, plt))
+        plt.close('all')
     write_experiment_figures(config, out, plt, STYLE)
 
 
@@ -438,6 +495,8 @@ def main(argv=None):
             rerun(config, args.rerun)
         for run in config.folders:
             run.load()
+        check_groups(config)
+        for run in config.folders:
             if run.missing:
                 how = run.command and f'; produce it with:\n    {shlex.join(run.rerun_command())}'
                 print(
@@ -457,7 +516,15 @@ def main(argv=None):
                 f'{missing} run(s) missing; run the command(s) above (or pass '
                 f'--rerun), or --allow-missing to draw placeholders instead.'
             )
-        write_figures(config, os.path.join(out_dir, 'figures'))
+        dead_units = None  # report/dead_units.py's record
+        if config.dead_units:
+            try:
+                dead_units = read_dead_units(config.dead_units)
+            except ReportError as e:
+                if not args.allow_missing:
+                    raise
+                print(f'make_report: warning: {e}', file=sys.stderr)
+        write_figures(config, dead_units, os.path.join(out_dir, 'figures'))
         write_tables(config, os.path.join(out_dir, 'tables'))
         write_experiment_tables(config, os.path.join(out_dir, 'tables'))
         print(f'make_report: figures in {out_dir}/figures, tables in {out_dir}/tables')

@@ -5,6 +5,7 @@ grid's network (report/dead_units.py); and the confusion matrices of the runs ru
 
 import json
 import os
+import re
 
 import numpy as np
 from report_tables import (
@@ -65,7 +66,10 @@ def write_experiment_tables(config, out):
         '@{}l' + 'r' * len(matrices) + '@{}',
         ['class', *(tex(run.label) for run, _ in matrices)],
         [
-            [CLASS_NAMES[c], *(f'{m[c, c] / m[c].sum():.3f}' for _, m in matrices)]
+            [
+                CLASS_NAMES[c],
+                *(f'{m[c, c] / m[c].sum():.3f}' if m[c].any() else '--' for _, m in matrices),
+            ]
             for c in range(len(CLASS_NAMES))
         ]
         if matrices
@@ -83,33 +87,55 @@ def confusion_matrices(config):
 
 
 def read_dead_units(path):
-    """report/dead_units.py's record, or ReportError when it is missing or not one."""
+    """report/dead_units.py's record, or ReportError when it is missing or not one: "settings"
+    maps each setting to its points, each a step, the fraction of each hidden layer's units
+    dead then, and the training accuracy then."""
+
+    def fraction(x):
+        return type(x) in (int, float) and 0 <= x <= 1
+
+    def point(p):
+        return (
+            isinstance(p, dict)
+            and type(p.get('step')) is int
+            and fraction(p.get('train_accuracy'))
+            and isinstance(p.get('dead'), list)
+            and 0 < len(p['dead']) <= 100
+            and all(fraction(d) for d in p['dead'])
+        )
+
+    produce = 'produce it with: python report/dead_units.py'
     try:
         with open(path) as f:
             record = json.load(f)
-        settings = record['settings']
-        for points in settings.values():
-            for p in points:
-                if not (isinstance(p['step'], int) and all(0 <= d <= 1 for d in p['dead'])):
-                    raise ValueError
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # missing, or not JSON
+        why = getattr(e, 'strerror', None) or type(e).__name__
+        raise ReportError(f'cannot read {path} ({why}); {produce}') from None
+    settings = record.get('settings') if isinstance(record, dict) else None
+    if not (
+        isinstance(settings, dict)
+        and 0 < len(settings) <= 10
+        and all(
+            re.fullmatch(r'[\w\[\], ]{1,40}', name)  # the title of its panel
+            and isinstance(points, list)
+            and 0 < len(points) <= 10
+            and all(map(point, points))
+            for name, points in settings.items()
+        )
+    ):
         raise ReportError(
-            f'{path} is missing or not what report/dead_units.py writes ({type(e).__name__}); '
-            'produce it with: python report/dead_units.py'
-        ) from None
+            f'{path} is not what report/dead_units.py writes (its "settings" must map each '
+            f'setting, named by its hidden layers, to its steps, each with its dead fractions '
+            f'and accuracy); {produce}'
+        )
     return record
 
 
 def write_experiment_figures(config, out, plt, style):
-    """figures/exp_NAME.png, figures/dead_units.png and figures/confusion.png."""
+    """figures/exp_NAME.png and figures/confusion.png."""
     for name, groups in config.experiments.items():
         with plt.rc_context(style):
             write(f'{out}/exp_{name}.png', seed_curves(groups, plt))
-        plt.close('all')
-    if config.dead_units:
-        with plt.rc_context(style):
-            figure = dead_units_figure(read_dead_units(config.dead_units), plt)
-            write(f'{out}/dead_units.png', figure)
         plt.close('all')
     if matrices := confusion_matrices(config):
         with plt.rc_context(style):
@@ -148,7 +174,8 @@ def seed_curves(groups, plt):
 def interval_means(train_loss, eval_steps):
     """The mean training loss of the steps up to each evaluation since the one before."""
     starts = np.concatenate([[0], eval_steps[:-1]])  # step s is train_loss[s - 1]
-    return np.add.reduceat(train_loss, starts) / np.diff(np.concatenate([[0], eval_steps]))
+    sums = np.add.reduceat(train_loss[: eval_steps[-1]], starts)
+    return sums / np.diff(np.concatenate([[0], eval_steps]))
 
 
 def dead_units_figure(record, plt):
@@ -181,7 +208,8 @@ def confusion_figure(matrices, plt):
     were classified."""
     fig, axes = plt.subplots(1, len(matrices), figsize=(6.3, 3.3))
     for ax, (run, m) in zip(np.atleast_1d(axes), matrices):
-        rates = m / m.sum(axis=1, keepdims=True)
+        totals = m.sum(axis=1, keepdims=True)  # a class with no test images: a blank row
+        rates = np.divide(m, totals, out=np.full(m.shape, np.nan), where=totals > 0)
         ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
         for (i, j), rate in np.ndenumerate(rates):
             if rate >= 0.05:

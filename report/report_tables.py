@@ -407,7 +407,7 @@ def write_tables(config, out):
         values = [
             run.data['final_test_accuracy']
             for run in group
-            if not run.missing and run.data['final_test_accuracy'] is not None
+            if not run.missing and math.isfinite(run.data['final_test_accuracy'] or math.nan)
         ]
         rows.append(
             [
