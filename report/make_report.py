@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,9 @@ REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from records import group_problem, shape_problem  # noqa: E402
+from quiet_start import STOP_SIGNALS  # noqa: E402
+
+from records import grid_scores, group_problem, printable, shape_problem  # noqa: E402
 from report_experiments import (  # noqa: E402
     dead_units_figure,
     dead_units_path,
@@ -35,7 +38,14 @@ from report_experiments import (  # noqa: E402
     write_experiment_figures,
     write_experiment_tables,
 )
-from report_tables import ReportError, run_row, status_note, write, write_tables  # noqa: E402
+from report_tables import (  # noqa: E402
+    ReportError,
+    checked_latex,
+    run_row,
+    status_note,
+    write,
+    write_tables,
+)
 
 from command_line import ArgumentParser  # noqa: E402
 from train_utils import plot_curves  # noqa: E402
@@ -84,7 +94,15 @@ class Run:
     time: str = None  # runs.json's "time", shown instead of a wall time that is not its cost
 
     def file(self, name):
-        return os.path.join(ROOT, self.path, name)
+        """The path of the folder's file name; ReportError if it is a symbolic link, which
+        would copy a file from elsewhere into the report."""
+        path = os.path.join(ROOT, self.path, name)
+        if os.path.islink(path):
+            raise ReportError(
+                f'{os.path.join(self.path, name)} is a symbolic link; the report reads only '
+                'files that are in the run folder itself.'
+            )
+        return path
 
     def load(self):
         shown, data = os.path.join(self.path, self.record), None
@@ -93,14 +111,32 @@ class Run:
                 data = json.load(f)
             wrong = shape_problem(data, self.record)
             self.problem = wrong and f'{shown} {wrong}'
+            if not wrong and self.record == 'best.json':
+                self.problem = self.grid_problem()
         except FileNotFoundError:
             self.problem = f'{shown} not found'
+        except ReportError as e:
+            self.problem = str(e).removesuffix('.')
         except (OSError, ValueError, RecursionError) as e:
             self.problem = f'{shown} is unreadable ({e})'
-        for name in ('results.tex', 'heatmap.png') if self.record == 'best.json' else ():
-            if not self.problem and not os.path.isfile(self.file(name)):
-                self.problem = f'{os.path.join(self.path, name)} not found'
         self.data, self.missing = (None, True) if self.problem else (data, False)
+
+    def grid_problem(self):
+        """'' if the grid's folder holds the other files the report reads, else what is wrong:
+        results.tex, a PNG heatmap.png and, when there, a cv_results.csv of scores."""
+        for name in ('results.tex', 'heatmap.png'):
+            if not os.path.isfile(self.file(name)):
+                return f'{os.path.join(self.path, name)} not found'
+        checked_latex(self.file('results.tex'))  # ReportError: load() says why
+        with open(self.file('heatmap.png'), 'rb') as f:
+            if f.read(8) != b'\x89PNG\r\n\x1a\n':
+                return f'{os.path.join(self.path, "heatmap.png")} is not a PNG image'
+        if grid_scores(self.file('cv_results.csv')) is False:
+            return (
+                f'{os.path.join(self.path, "cv_results.csv")} is not a table of scores '
+                '(a mean_test_score from 0 to 1 on each row)'
+            )
+        return ''
 
     def rerun_command(self):
         """Its recorded command, else runs.json's, with --out_dir the folder, no --resume and
@@ -129,13 +165,20 @@ def load_config(runs_path):
             name = os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
             where += ' (named by its path under runs/ beside runs.json)'
         plain(name, where)
+        for key in ('label', 'time'):
+            if key in entry and not (entry[key] and printable(entry[key])):
+                raise ReportError(
+                    f'{runs_path}: {where}: "{key}" must be a line of printable ASCII text, '
+                    'at most 200 characters.',
+                    2,
+                )
         return Run(
             name,
-            str(entry.get('label', name)),
+            entry.get('label', name),
             entry['path'],
             command,
             record,
-            time=entry.get('time') and str(entry['time']),
+            time=entry.get('time'),
         )
 
     def plain(name, where, pattern=RUN_NAME):  # a name goes into LaTeX macros and file names
@@ -155,6 +198,8 @@ def load_config(runs_path):
             raise ReportError(
                 f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
             )
+        if len(set(value)) < len(value):
+            raise ReportError(f'{runs_path}: "{key}" names a run twice.', 2)
         return [runs[n] for n in value]
 
     def shared(run):  # a folder runs.json names twice is one Run, read once
@@ -180,8 +225,16 @@ def load_config(runs_path):
             f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.',
             2,
         )
-    runs = {name: folder(entry, f'runs.{name}', name) for name, entry in raw['runs'].items()}
-    folders = {os.path.normpath(run.path): run for run in runs.values()}
+    runs = {
+        plain(name, 'runs', EXPERIMENT_NAME): folder(entry, f'runs.{name}', name)
+        for name, entry in raw['runs'].items()
+    }
+    folders = {}
+    for run in runs.values():  # a folder is one run: two names for it would leave one unread
+        if (twin := folders.setdefault(os.path.normpath(run.path), run)) is not run:
+            raise ReportError(
+                f'{runs_path}: runs.{twin.name} and runs.{run.name} name the same folder.', 2
+            )
     modifications = []  # (label, PyTorch run, {'numpy': its NumPy twin, 'validation': ...})
     for i, entry in enumerate(raw.get('modifications', [])):
         row = folder(entry, f'modifications[{i}]')
@@ -198,6 +251,8 @@ def load_config(runs_path):
         paths = entry.get('paths') if isinstance(entry, dict) else None
         if not (isinstance(paths, list) and len(paths) > 1):
             raise ReportError(f'{runs_path}: {where} needs "paths", two or more run folders.', 2)
+        if len({os.path.normpath(p) for p in paths if isinstance(p, str)}) < len(paths):
+            raise ReportError(f'{runs_path}: {where} names a run folder twice.', 2)
         return str(entry.get('label', where)), [
             shared(folder({'path': path}, where)) for path in paths
         ]
@@ -277,6 +332,7 @@ def safe_command(run):
         )
     script, flags = command[1], command[2:]
     parser = importlib.import_module(script.removesuffix('.py')).build_parser()
+    parser.allow_abbrev = False  # --resum would be --resume, which rerun_command leaves out
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # argparse's own message: ours below
             parser.parse_args(flags)
@@ -399,8 +455,8 @@ def numpy_convnet_figure(runs, plt):
     with plt.rc_context(STYLE):
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.3, 2.5))
         for i, run in enumerate(runs):
-            if run.missing:
-                continue
+            if run.missing or not run.data['train_loss']:
+                continue  # (a run stopped before its first step has no curve)
             m, c = run.data, f'C{i}'
             label = f'{run.label} ({run_row(run)[3]})'
             loss, window = np.asarray(m['train_loss']), max(1, len(m['train_loss']) // 20)
@@ -489,8 +545,23 @@ def main(argv=None):
     p.add_argument('--no-pdf', action='store_true', help='figures and tables only, no PDF')
     args = p.parse_args(argv)
     out_dir = os.path.abspath(args.out_dir)
+    stopped = []  # the signal that stopped it, even if a library swallowed its KeyboardInterrupt
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        raise KeyboardInterrupt(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
+        if not args.out_dir.strip():
+            raise ReportError('--out_dir must name a folder.', 2)
         config = load_config(args.runs)
+        if inside := [r for r in config.folders if is_within(out_dir, os.path.join(ROOT, r.path))]:
+            raise ReportError(
+                f'--out_dir {args.out_dir} is inside the run folder {inside[0].path}; '
+                'the report goes elsewhere.',
+                2,
+            )
         if args.rerun is not None:
             rerun(config, args.rerun)
         for run in config.folders:
@@ -536,12 +607,27 @@ def main(argv=None):
         print(f'make_report: error: {e}', file=sys.stderr)
         return e.exit_code
     except OSError as e:  # e.g. an --out_dir that cannot be written, a rerun that cannot start
-        print(f'make_report: error: {e.filename}: {e.strerror or e}.', file=sys.stderr)
+        print(f'make_report: error: {e.filename or "a file"}: {e.strerror or e}.', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print('make_report: interrupted; files already written are complete.', file=sys.stderr)
-        return 130
+        pass  # below
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        print(
+            f'make_report: stopped by {signal.Signals(stopped[0]).name}; the files already '
+            'written are complete.',
+            file=sys.stderr,
+        )
+        return 128 + stopped[0]
     return 0
+
+
+def is_within(path, folder):
+    """Whether path is folder or inside it."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 if __name__ == '__main__':

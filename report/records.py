@@ -2,7 +2,9 @@
 best.json gridsearch.py writes), and the check that a loaded record holds it: a folder that
 fails it is reported as a problem in one line, never drawn."""
 
+import csv
 import math
+import os
 
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
 NUMBER, OR_NULL = (int, float), (int, float, type(None))
@@ -10,6 +12,17 @@ NUMBER, OR_NULL = (int, float), (int, float, type(None))
 OPTIONAL_NUMBERS = {
     'metrics.json': ('best_pt_test_accuracy', 'final_validation_accuracy'),
     'best.json': ('test_accuracy', 'best_cv_std'),
+}
+# The accuracies of each record, each a number in 0..1, or null or NaN (a run that diverged).
+FRACTIONS = {
+    'metrics.json': (
+        'final_test_accuracy',
+        'best_test_accuracy',
+        'best_validation_accuracy',
+        'final_validation_accuracy',
+        'best_pt_test_accuracy',
+    ),
+    'best.json': ('best_cv_score', 'test_accuracy'),
 }
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
 SHAPES = {
@@ -45,26 +58,56 @@ def shape_problem(data, record):
         k if k == 'final_test_accuracy' else k.replace('test_', split): kind
         for k, kind in SHAPES[record].items()
     }
-    if wrong := [key for key, kind in shapes.items() if not isinstance(data.get(key), kind)]:
+    wrong = [
+        key
+        for key, kind in shapes.items()
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)
+    ]
+    if wrong:  # (true is not a number here, though Python's bool is an int)
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
     if not all(isinstance(arg, str) for arg in data['command']):
         return 'has a "command" that is not a list of strings'
     series = [data[k.replace('test_', split)] for k in SERIES] if record == 'metrics.json' else []
-    if not all(isinstance(v, NUMBER) for values in series for v in values):
+    if not all(type(v) in NUMBER for values in series for v in values):
         return 'has a series that holds something other than numbers'
     if series and (len(series[0]) != len(series[1]) or len({len(s) for s in series[2:]}) > 1):
         return 'has series of different lengths'
     numbers = [v for k in shapes if isinstance(v := data.get(k), NUMBER)]
     numbers += [data[k] for k in OPTIONAL_NUMBERS[record] if data.get(k) is not None]
     numbers += [v for values in series for v in values]
-    # (an integer past float's range breaks the plots; inf and nan are a diverged run's)
-    if not all(isinstance(v, float) or isinstance(v, int) and abs(v) < 1e300 for v in numbers):
+    # (an integer past float's range breaks the plots; inf and nan are a diverged run's; true
+    # is no number, though Python's bool is an int)
+    if not all(type(v) is float or type(v) is int and abs(v) < 1e300 for v in numbers):
         return 'holds a number too large to be a result, or a result that is not a number'
-    if record == 'metrics.json' and not isinstance(data['flags'].get('batch_size', 1), int):
-        return 'has "flags" that are not a run\'s (a batch size that is not an integer)'
+    fractions = [data.get(k) for k in FRACTIONS[record]]  # (v != v: NaN)
+    fractions += data.get(f'{split}accuracy', []) if record == 'metrics.json' else []
+    if not all(v is None or v != v or type(v) in NUMBER and 0 <= v <= 1 for v in fractions):
+        return 'holds an accuracy outside 0..1'
+    if record == 'best.json' and not (
+        data['cv'] >= 2 and data['n_train'] >= 1 and data['max_epochs'] >= 1
+    ):
+        return 'holds a "cv", "n_train" or "max_epochs" below what a grid search runs'
+    if record == 'metrics.json' and not (
+        type(data['flags'].get('batch_size', 1)) is int
+        and data['flags'].get('validation_size') in (None, *range(50_000))
+        and type(data['flags'].get('validation_size', 0)) in (int, type(None))
+    ):
+        return 'has "flags" that are not a run\'s (a batch or validation size that is not one)'
+    if not printable(data.get('device') or '', 40):
+        return 'has a "device" that is not a short line of text'
     if 'test_confusion' in data and not is_confusion(data['test_confusion']):
         return 'has a "test_confusion" that is not 10 rows of 10 counts'
     return ''
+
+
+def printable(text, longest=200):
+    """Whether text is at most longest characters of printable ASCII (and ±), all that the
+    report's LaTeX and figures are sure to show as written."""
+    return (
+        isinstance(text, str)
+        and len(text) <= longest
+        and all(' ' <= c <= '~' or c == '±' for c in text)
+    )
 
 
 def is_confusion(m):
@@ -94,3 +137,16 @@ def group_problem(data):
     if not evals or evals != sorted(set(evals)) or not 1 <= evals[0] <= evals[-1] <= len(steps):
         return 'has "eval_steps" that are not rising steps of the run'
     return ''
+
+
+def grid_scores(path):
+    """The mean CV accuracy of each setting in gridsearch.py's cv_results.csv at path; None
+    when there is no such file, False when it is not such a table."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8', newline='') as f:
+            scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):  # (UnicodeError: a ValueError)
+        return False
+    return scores if scores and all(0 <= x <= 1 for x in scores) else False

@@ -1,16 +1,17 @@
 """The report's tables and the values report.tex quotes (tables/), written from the runs
 make_report.py loaded; and write(), through which every file of the report is written."""
 
-import csv
 import math
 import os
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
+from records import grid_scores, printable
 from tabulate import tabulate
+
+from train_utils import atomic_write
 
 # No dates or versions in the figures: unchanged runs give byte-identical files.
 METADATA = {
@@ -163,6 +164,8 @@ def numpy_convnet_ratios(config):
     if len(pair) != 2 or None in (*pair[0], *pair[1]):
         return None
     (t_ours, gb_ours), (t_theirs, gb_theirs) = pair
+    if min(t_ours, gb_ours, t_theirs, gb_theirs) <= 0:  # a time.txt that is not a run's
+        return None
     return f'{t_ours / t_theirs:.2f}', f'{gb_ours / gb_theirs:.2f}'
 
 
@@ -208,7 +211,7 @@ def summary(run):
             f'mean CV accuracy {m["best_cv_score"]:.3f}{refit}.'
         )
     final, best, _, time, device = run_row(run)
-    time = f', {time} on {tex(device)}' if m['wall_seconds'] is not None else ''
+    time = f', {tex(time)} on {tex(device)}' if m['wall_seconds'] is not None else ''
     note = status_note(m) and r' \textbf{Run ' + tex(status_note(m)) + '.}'
     best = '' if best == '--' else f' (best.pt, chosen on validation: {best})'
     return f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final}{best}{time}.{note}'
@@ -256,10 +259,9 @@ def write_tables(config, out):
                 ('refit', m['test_accuracy']),
             )
         ]
-    if os.path.isfile(config.grid.file('cv_results.csv')):  # settings at chance (0.10)
-        with open(config.grid.file('cv_results.csv')) as f:
-            scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
-        values.append(('gridsearch', 'chance', f'{sum(x < 0.11 for x in scores)} of {len(scores)}'))
+    if not config.grid.missing and (scores := grid_scores(config.grid.file('cv_results.csv'))):
+        chance = sum(x < 0.11 for x in scores)  # settings at chance (0.10)
+        values.append(('gridsearch', 'chance', f'{chance} of {len(scores)}'))
     if ratios := numpy_convnet_ratios(config):
         values += [
             ('numpy_convnet', 'timeratio', ratios[0]),
@@ -426,7 +428,7 @@ def write_tables(config, out):
             [  # the commands --rerun runs
                 r'\begin{description}\setlength\itemsep{2pt}',
                 *(
-                    f'\\item[{tex("grid search" if run is config.grid else run.label)}] '
+                    f'\\item[{{{tex("grid search" if run is config.grid else run.label)}}}] '
                     + command_tex(run.rerun_command() or ['unknown'])
                     for run in config.folders
                     if run.label != run.name or run is config.grid  # the seeds: below
@@ -469,24 +471,40 @@ GRID_LATEX = {
 def checked_latex(path):
     """The text of a results.tex, if every command in it is one of GRID_LATEX (or an escaped
     character such as \\_ or \\%); else ReportError."""
-    text = Path(path).read_text()
-    for command in re.findall(r'\\([A-Za-z@]+)', text):
-        if command not in GRID_LATEX:
-            raise ReportError(
-                f'{path} holds the LaTeX command \\{command}, which gridsearch.py '
-                'does not write; it was left out of the report. Run the grid '
-                'search again, or restore its results.tex.'
-            )
+    text = Path(path).read_text(encoding='utf-8', errors='replace')
+    wrong = [
+        f'the LaTeX command \\{c}'
+        for c in re.findall(r'\\([A-Za-z@]+)', text)
+        if c not in GRID_LATEX
+    ]
+    # ^^5c is TeX's other spelling of a backslash; an environment other than a table's could
+    # write a file (filecontents) or end the document
+    wrong += ['^^, which TeX reads as another character'] * ('^^' in text)
+    wrong += [
+        f'the environment {e}'
+        for e in re.findall(r'\\(?:begin|end)\s*\{([^}]*)\}', text)
+        if e not in ('table', 'tabular')
+    ]
+    wrong += ['a character other than printable ASCII'] * (
+        not printable(text.replace('\n', ' '), len(text))
+    )
+    if wrong:
+        raise ReportError(
+            f'{path} holds {wrong[0]}, which gridsearch.py does not write; it was left out of '
+            'the report. Run the grid search again, or restore its results.tex.'
+        )
     return text
 
 
 def write(path, content):
-    """Writes text, a copy of a Path or a figure via a temporary file: never half a file."""
-    tmp = f'{path}.tmp{os.path.splitext(path)[1]}'
+    """Writes text, a copy of a Path or a figure through train_utils.atomic_write: never half a
+    file, and no temporary file left behind."""
     if isinstance(content, str):
-        Path(tmp).write_text(content)
+        atomic_write(path, lambda f: f.write(content.encode()))
     elif isinstance(content, Path):
-        shutil.copyfile(content, tmp)
+        atomic_write(path, lambda f: f.write(content.read_bytes()))
     else:
-        content.savefig(tmp, dpi=150, metadata=METADATA[path[-3:]])
-    os.replace(tmp, path)
+        kind = path[-3:]
+        atomic_write(
+            path, lambda f: content.savefig(f, format=kind, dpi=150, metadata=METADATA[kind])
+        )
