@@ -157,8 +157,10 @@ def load_config(runs_path):
             kind = 'grid' if record == 'best.json' else 'run'
             raise ReportError(f'{runs_path}: {where} needs a "path" (the {kind} folder).', 2)
         command = entry.get('command') or []
-        if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
-            raise ReportError(f'{runs_path}: {where}: "command" must be a list of strings.', 2)
+        if not isinstance(command, list) or not all(printable(arg, 1000) for arg in command):
+            raise ReportError(
+                f'{runs_path}: {where}: "command" must be a list of lines of printable text.', 2
+            )
         # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
         # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
         if name is None:

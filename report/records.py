@@ -65,8 +65,11 @@ def shape_problem(data, record):
     ]
     if wrong:  # (true is not a number here, though Python's bool is an int)
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
-    if not all(isinstance(arg, str) for arg in data['command']):
-        return 'has a "command" that is not a list of strings'
+    if not all(printable(arg, 1000) for arg in data['command']):
+        return 'has a "command" that is not a list of lines of printable text'
+    flags = data.get('flags', {})  # the report shows their values beside the commands
+    if not all(printable(k) and shown_as_text(v) for k, v in flags.items()):
+        return 'has "flags" whose names or values are not lines of printable text'
     series = [data[k.replace('test_', split)] for k in SERIES] if record == 'metrics.json' else []
     if not all(type(v) in NUMBER for values in series for v in values):
         return 'has a series that holds something other than numbers'
@@ -108,6 +111,14 @@ def printable(text, longest=200):
         and len(text) <= longest
         and all(' ' <= c <= '~' or c == '±' for c in text)
     )
+
+
+def shown_as_text(value):
+    """Whether a flag's value prints as printable text: a number, a bool, null, a line of
+    printable text, or a list of those."""
+    if isinstance(value, list):
+        return len(value) <= 100 and all(map(shown_as_text, value))
+    return value is None or type(value) in (bool, int, float) or printable(value)
 
 
 def is_confusion(m):

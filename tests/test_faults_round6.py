@@ -295,3 +295,22 @@ def test_the_report_writes_every_figure_the_same_through_a_file_object(tmp_path)
         fig.savefig(tmp_path / f'b.{ext}', dpi=150, metadata=report_tables.METADATA[ext])
         assert Path(tmp_path / f'a.{ext}').read_bytes() == Path(tmp_path / f'b.{ext}').read_bytes()
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    'change',
+    [
+        lambda m: m.update(command=['python', 'train_mlp_pytorch.py', '--x\n\n\\y']),
+        lambda m: m['flags'].update(optimizer='adam\x00'),
+        lambda m: m['flags'].update(dnn_hidden_units=[100, ['猫']]),
+        lambda m: m['flags'].update({'a\nb': 1}),
+    ],
+)
+def test_a_recorded_command_or_flag_latex_cannot_set(change, tmp_path, capsys):
+    """The report prints commands and flags' values; control characters or CJK there broke
+    LaTeX only when the PDF was built."""
+    runs_json = fake_project(tmp_path)
+    edit_record(tmp_path / 'runs' / 'convnet_fast' / 'metrics.json', change)
+    assert report(runs_json, tmp_path / 'out') == 1
+    why = problem_of('convnet_fast', capsys)
+    assert 'not a list of lines of printable text' in why or 'not lines of printable text' in why
