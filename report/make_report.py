@@ -333,6 +333,11 @@ def safe_command(run):
             'run.'
         )
     script, flags = command[1], command[2:]
+    if outside := [f for f in flags if f.split('=')[0] in ('--scheduler', '--grid')]:
+        raise ReportError(  # a Dask scheduler's address, or a file, a data file should not pick
+            f'--rerun: {run.name} records {outside[0].split("=")[0]}, which --rerun does not '
+            'take from a run folder; it was not run.'
+        )
     parser = importlib.import_module(script.removesuffix('.py')).build_parser()
     parser.allow_abbrev = False  # --resum would be --resume, which rerun_command leaves out
     try:

@@ -480,6 +480,7 @@ def checked_latex(path):
     # ^^5c is TeX's other spelling of a backslash; an environment other than a table's could
     # write a file (filecontents) or end the document
     wrong += ['^^, which TeX reads as another character'] * ('^^' in text)
+    wrong += ['a % comment, which can hide a command'] * bool(re.search(r'(?<!\\)%', text))
     wrong += [
         f'the environment {e}'
         for e in re.findall(r'\\(?:begin|end)\s*\{([^}]*)\}', text)

@@ -314,3 +314,25 @@ def test_a_recorded_command_or_flag_latex_cannot_set(change, tmp_path, capsys):
     assert report(runs_json, tmp_path / 'out') == 1
     why = problem_of('convnet_fast', capsys)
     assert 'not a list of lines of printable text' in why or 'not lines of printable text' in why
+
+
+def test_a_comment_cannot_hide_an_environment_in_the_grids_latex(tmp_path, capsys):
+    """\\end%<newline>{document} ended the document early: the PDF lost its last pages."""
+    runs_json = fake_project(tmp_path)
+    tex = tmp_path / 'runs' / 'gridsearch' / 'results.tex'
+    tex.write_text(tex.read_text() + '\\end%\n{document}')
+    assert report(runs_json, tmp_path / 'out') == 1
+    assert 'results.tex holds a % comment' in problem_of('gridsearch', capsys)
+
+
+@pytest.mark.parametrize('flag', ['--scheduler', '--scheduler=tcp://1.2.3.4:8786', '--grid'])
+def test_rerun_does_not_take_a_scheduler_or_grid_file_from_a_run_folder(flag):
+    command = [
+        'python',
+        'gridsearch.py',
+        flag,
+        *(['tcp://1.2.3.4:8786'] if '=' not in flag else []),
+    ]
+    run = make_report.Run('g', 'g', 'report/runs/g', command, 'best.json')
+    with pytest.raises(make_report.ReportError, match='which --rerun does not take'):
+        make_report.safe_command(run)
