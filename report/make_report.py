@@ -9,43 +9,31 @@ or a flag is wrong."""
 import contextlib
 import importlib
 import io
-import json
 import os
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections import namedtuple
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from quiet_start import STOP_SIGNALS  # noqa: E402
+from quiet_start import STOP_SIGNALS  # noqa: E402 (first: see its docstring)
 
-from records import grid_scores, group_problem, printable, shape_problem  # noqa: E402
+import numpy as np  # noqa: E402
+from records import ReportError  # noqa: E402
 from report_experiments import (  # noqa: E402
     dead_units_figure,
-    dead_units_path,
     read_dead_units,
     write_experiment_figures,
     write_experiment_tables,
 )
-from report_tables import (  # noqa: E402
-    ReportError,
-    checked_latex,
-    run_row,
-    status_note,
-    write,
-    write_tables,
-)
+from report_tables import run_row, status_note, write, write_tables  # noqa: E402
+from runs_json import Run, check_groups, load_config  # noqa: E402, F401 (Run: for tests)
 
 from command_line import ArgumentParser  # noqa: E402
 from train_utils import plot_curves  # noqa: E402
@@ -67,255 +55,6 @@ SCRIPTS = (
     'train_convnet_pytorch.py',
     'gridsearch.py',
 )
-# The names runs.json gives runs and experiments, which the report's macros and file names
-# spell (an experiment's names files of its own, so no / or .).
-RUN_NAME, EXPERIMENT_NAME = r'[A-Za-z0-9][A-Za-z0-9_./-]*', r'[A-Za-z0-9][A-Za-z0-9_-]*'
-# folders: every folder once
-Config = namedtuple(
-    'Config',
-    'runs grid modifications seeds convnet changes numpy_convnet experiments confusion '
-    'dead_units folders',
-)
-
-
-@dataclass
-class Run:
-    """A folder the report reads: a train script's run or, with record='best.json', the grid.
-    command: runs.json's; data: the loaded record, None while missing (problem says why)."""
-
-    name: str
-    label: str
-    path: str  # as runs.json spells it (relative to ROOT), for messages
-    command: list
-    record: str
-    data: dict = None
-    problem: str = None
-    missing: bool = True
-    time: str = None  # runs.json's "time", shown instead of a wall time that is not its cost
-
-    def file(self, name):
-        """The path of the folder's file name; ReportError if it is a symbolic link, which
-        would copy a file from elsewhere into the report."""
-        path = os.path.join(ROOT, self.path, name)
-        if os.path.islink(path):
-            raise ReportError(
-                f'{os.path.join(self.path, name)} is a symbolic link; the report reads only '
-                'files that are in the run folder itself.'
-            )
-        return path
-
-    def load(self):
-        shown, data = os.path.join(self.path, self.record), None
-        try:
-            with open(self.file(self.record)) as f:
-                data = json.load(f)
-            wrong = shape_problem(data, self.record)
-            self.problem = wrong and f'{shown} {wrong}'
-            if not wrong and self.record == 'best.json':
-                self.problem = self.grid_problem()
-        except FileNotFoundError:
-            self.problem = f'{shown} not found'
-        except ReportError as e:
-            self.problem = str(e).removesuffix('.')
-        except (OSError, ValueError, RecursionError) as e:
-            self.problem = f'{shown} is unreadable ({e})'
-        self.data, self.missing = (None, True) if self.problem else (data, False)
-
-    def grid_problem(self):
-        """'' if the grid's folder holds the other files the report reads, else what is wrong:
-        results.tex, a PNG heatmap.png and, when there, a cv_results.csv of scores."""
-        for name in ('results.tex', 'heatmap.png'):
-            if not os.path.isfile(self.file(name)):
-                return f'{os.path.join(self.path, name)} not found'
-        checked_latex(self.file('results.tex'))  # ReportError: load() says why
-        with open(self.file('heatmap.png'), 'rb') as f:
-            if f.read(8) != b'\x89PNG\r\n\x1a\n':
-                return f'{os.path.join(self.path, "heatmap.png")} is not a PNG image'
-        if grid_scores(self.file('cv_results.csv')) is False:
-            return (
-                f'{os.path.join(self.path, "cv_results.csv")} is not a table of scores '
-                '(a mean_test_score from 0 to 1 on each row)'
-            )
-        return ''
-
-    def rerun_command(self):
-        """Its recorded command, else runs.json's, with --out_dir the folder, no --resume and
-        no --data_dir (the data is wherever this machine keeps it)."""
-        out, skip, drop = [], False, ('--out_dir', '--resume', '--data_dir')
-        for arg in (self.data or {}).get('command') or self.command:
-            if not skip and not arg.startswith(drop):
-                out.append(arg)
-            skip = arg in drop  # the value follows
-        return [*out, '--out_dir', self.path] if out else None
-
-
-def load_config(runs_path):
-    """Parses runs.json into a Config; ReportError (exit 2) says what is wrong with it."""
-
-    def folder(entry, where, name=None, record='metrics.json'):
-        if not isinstance(entry, dict) or not isinstance(entry.get('path'), str):
-            kind = 'grid' if record == 'best.json' else 'run'
-            raise ReportError(f'{runs_path}: {where} needs a "path" (the {kind} folder).', 2)
-        command = entry.get('command') or []
-        if not isinstance(command, list) or not all(printable(arg, 1000) for arg in command):
-            raise ReportError(
-                f'{runs_path}: {where}: "command" must be a list of lines of printable text.', 2
-            )
-        # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
-        # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
-        if name is None:
-            name = os.path.relpath(os.path.join(ROOT, entry['path']), runs_dir)
-            where += ' (named by its path under runs/ beside runs.json)'
-        plain(name, where)
-        for key in ('label', 'time'):
-            if key in entry and not (entry[key] and printable(entry[key])):
-                raise ReportError(
-                    f'{runs_path}: {where}: "{key}" must be a line of printable ASCII text, '
-                    'at most 200 characters.',
-                    2,
-                )
-        return Run(
-            name,
-            entry.get('label', name),
-            entry['path'],
-            command,
-            record,
-            time=entry.get('time'),
-        )
-
-    def plain(name, where, pattern=RUN_NAME):  # a name goes into LaTeX macros and file names
-        if not (isinstance(name, str) and re.fullmatch(pattern, name)):
-            raise ReportError(
-                f'{runs_path}: {where}: the name {name!r} holds characters other than letters, '
-                f'digits and {"_ . / -" if pattern is RUN_NAME else "_ -"}, or starts with one.',
-                2,
-            )
-        return name
-
-    def names(key):  # a list of runs' names
-        value = raw.get(key, [])
-        if not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
-            raise ReportError(f'{runs_path}: "{key}" must be a list of names of "runs".', 2)
-        if unknown := [n for n in value if n not in runs]:
-            raise ReportError(
-                f'{runs_path}: {key} names {unknown[0]!r}, which is not one of "runs".', 2
-            )
-        if len(set(value)) < len(value):
-            raise ReportError(f'{runs_path}: "{key}" names a run twice.', 2)
-        return [runs[n] for n in value]
-
-    def shared(run):  # a folder runs.json names twice is one Run, read once
-        return folders.setdefault(os.path.normpath(run.path), run)
-
-    runs_dir = os.path.join(os.path.dirname(os.path.abspath(runs_path)), 'runs')
-    try:
-        with open(runs_path) as f:
-            raw = json.load(f)
-    except (OSError, ValueError, RecursionError) as e:  # no such file, or not JSON
-        raise ReportError(
-            f'cannot read {runs_path} ({getattr(e, "strerror", None) or e}); pass '
-            f'--runs with the file that names the runs.',
-            2,
-        ) from None
-    if not (
-        isinstance(raw, dict)
-        and isinstance(raw.get('runs'), dict)
-        and isinstance(raw.get('modifications', []), list)
-    ):
-        raise ReportError(
-            f'{runs_path}: expected {{"runs": {{NAME: {{"path": ...}}}}, '
-            f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.',
-            2,
-        )
-    runs = {
-        plain(name, 'runs', EXPERIMENT_NAME): folder(entry, f'runs.{name}', name)
-        for name, entry in raw['runs'].items()
-    }
-    folders = {}
-    for run in runs.values():  # a folder is one run: two names for it would leave one unread
-        if (twin := folders.setdefault(os.path.normpath(run.path), run)) is not run:
-            raise ReportError(
-                f'{runs_path}: runs.{twin.name} and runs.{run.name} name the same folder.', 2
-            )
-    modifications = []  # (label, PyTorch run, {'numpy': its NumPy twin, 'validation': ...})
-    for i, entry in enumerate(raw.get('modifications', [])):
-        row = folder(entry, f'modifications[{i}]')
-        twins = {
-            key: folder(entry[key], f'modifications[{i}].{key}')
-            for key in ('numpy', 'validation')
-            if key in entry
-        }
-        modifications.append(
-            (row.label, shared(row), {key: shared(twin) for key, twin in twins.items()})
-        )
-
-    def group(entry, where):  # (label, [the same command's runs with other seeds])
-        paths = entry.get('paths') if isinstance(entry, dict) else None
-        if not (isinstance(paths, list) and len(paths) > 1):
-            raise ReportError(f'{runs_path}: {where} needs "paths", two or more run folders.', 2)
-        if len({os.path.normpath(p) for p in paths if isinstance(p, str)}) < len(paths):
-            raise ReportError(f'{runs_path}: {where} names a run folder twice.', 2)
-        return str(entry.get('label', where)), [
-            shared(folder({'path': path}, where)) for path in paths
-        ]
-
-    seeds = [group(entry, f'seeds[{i}]') for i, entry in enumerate(raw.get('seeds', []))]
-    for i, (_, _, twins) in enumerate(modifications):  # the validation ladder's seeds 1-3
-        entry = raw['modifications'][i].get('validation', {})
-        if 'seeds' in entry:
-            twins['validation_seeds'] = group(entry['seeds'], f'modifications[{i}].seeds')[1]
-    experiments = raw.get('experiments', {})
-    lists = isinstance(experiments, dict) and all(
-        isinstance(v, list) and v for v in experiments.values()
-    )
-    if not lists:
-        raise ReportError(f'{runs_path}: "experiments" must map names to lists of groups.', 2)
-    experiments = {
-        plain(name, 'experiments', EXPERIMENT_NAME): [
-            group(entry, f'experiments.{name}[{i}]') for i, entry in enumerate(groups)
-        ]
-        for name, groups in experiments.items()
-    }
-    changes = [
-        folder(entry, f'convnet_changes[{i}]')  # (label, run): a row may share a run
-        for i, entry in enumerate(raw.get('convnet_changes', []))
-    ]
-    changes = [(run.label, shared(run)) for run in changes]
-    grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
-    return Config(
-        runs,
-        grid,
-        modifications,
-        seeds,
-        names('convnet_ladder'),
-        changes,
-        names('numpy_convnet'),
-        experiments,
-        names('confusion'),
-        dead_units_path(raw, runs_path, ROOT),
-        [*folders.values(), grid],
-    )
-
-
-def check_groups(config):
-    """Marks missing, with the reason, each loaded run of a group of seeds (runs.json's
-    "experiments" and the ladder's "seeds") that cannot be averaged with the others: see
-    records.group_problem; and its evaluation steps must be those of the group's first run."""
-    groups = [runs for groups in config.experiments.values() for _, runs in groups]
-    groups += [twins.get('validation_seeds', []) for _, _, twins in config.modifications]
-    for runs in groups:
-        first = None
-        for run in runs:
-            if run.missing:
-                continue
-            problem = group_problem(run.data)
-            if not problem and run.data['status'] == 'completed':
-                first = first or run
-                if run.data['eval_steps'] != first.data['eval_steps']:
-                    problem = f'is evaluated at other steps than {first.path}, in its group'
-            if problem:
-                run.problem = f'{os.path.join(run.path, run.record)} {problem}'
-                run.data, run.missing = None, True
 
 
 def safe_command(run):

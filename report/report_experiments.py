@@ -8,9 +8,9 @@ import os
 import re
 
 import numpy as np
+from records import ReportError
 from report_tables import (
     DEFINE,
-    ReportError,
     completed,
     group_numbers,
     spread,

@@ -3,12 +3,11 @@ make_report.py loaded; and write(), through which every file of the report is wr
 
 import math
 import os
-import re
 import shlex
 from pathlib import Path
 
 import numpy as np
-from records import grid_scores, printable
+from records import checked_latex, grid_scores
 from tabulate import tabulate
 
 from train_utils import atomic_write
@@ -35,14 +34,6 @@ DEFINE = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'
 
 
 TEST_IMAGES = 10_000  # CIFAR-10's test set
-
-
-class ReportError(Exception):
-    """Something a user can fix; the message says what. exit_code: the process's status."""
-
-    def __init__(self, message, exit_code=1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def tex(text, tt=False):
@@ -446,55 +437,6 @@ def write_tables(config, out):
         else '\\begin{table}[tb]\\centering\\emph{Grid search '
         'missing.}\\caption{Grid search: missing.}\\label{tab:gridsearch}\\end{table}\n',
     )
-
-
-# The LaTeX commands gridsearch.py's results.tex holds (tabulate's booktabs and escapes): any
-# other in a run folder's file could read or write files when the report is built.
-GRID_LATEX = {
-    'begin',
-    'end',
-    'centering',
-    'small',
-    'toprule',
-    'midrule',
-    'bottomrule',
-    'hline',
-    'caption',
-    'label',
-    'pm',
-    'textbackslash',
-    'textasciitilde',
-    'textasciicircum',
-}
-
-
-def checked_latex(path):
-    """The text of a results.tex, if every command in it is one of GRID_LATEX (or an escaped
-    character such as \\_ or \\%); else ReportError."""
-    text = Path(path).read_text(encoding='utf-8', errors='replace')
-    wrong = [
-        f'the LaTeX command \\{c}'
-        for c in re.findall(r'\\([A-Za-z@]+)', text)
-        if c not in GRID_LATEX
-    ]
-    # ^^5c is TeX's other spelling of a backslash; an environment other than a table's could
-    # write a file (filecontents) or end the document
-    wrong += ['^^, which TeX reads as another character'] * ('^^' in text)
-    wrong += ['a % comment, which can hide a command'] * bool(re.search(r'(?<!\\)%', text))
-    wrong += [
-        f'the environment {e}'
-        for e in re.findall(r'\\(?:begin|end)\s*\{([^}]*)\}', text)
-        if e not in ('table', 'tabular')
-    ]
-    wrong += ['a character other than printable ASCII'] * (
-        not printable(text.replace('\n', ' '), len(text))
-    )
-    if wrong:
-        raise ReportError(
-            f'{path} holds {wrong[0]}, which gridsearch.py does not write; it was left out of '
-            'the report. Run the grid search again, or restore its results.tex.'
-        )
-    return text
 
 
 def write(path, content):
