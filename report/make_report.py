@@ -32,7 +32,7 @@ from report_experiments import (  # noqa: E402
     write_experiment_figures,
     write_experiment_tables,
 )
-from report_tables import run_row, status_note, write, write_tables  # noqa: E402
+from report_tables import figure_label, run_row, status_note, write, write_tables  # noqa: E402
 from runs_json import Run, check_groups, load_config  # noqa: E402, F401 (Run: for tests)
 
 from command_line import ArgumentParser  # noqa: E402
@@ -159,7 +159,7 @@ def write_figures(config, dead_units, out):
                 ms=2.5,
                 lw=1.2,
                 c=c,
-                label=run.label,
+                label=figure_label(run.label),
             )
             final, best = m['final_test_accuracy'], m.get('best_pt_test_accuracy')
             ax_bar.barh(y, final, color=c, alpha=0.85)
@@ -173,7 +173,7 @@ def write_figures(config, dead_units, out):
         )
         if ax_curve.lines:  # below the panels: inside, it would cover the MLPs' curves
             fig.legend(loc='lower center', ncol=3, frameon=False, fontsize=7)
-        ax_bar.set_yticks(ys, [r.label + ' (missing)' * r.missing for r in runs])
+        ax_bar.set_yticks(ys, [figure_label(r.label) + ' (missing)' * r.missing for r in runs])
         ax_bar.set(xlim=(0, 1), xlabel='test accuracy', title='Final test accuracy')
         ax_curve.grid(alpha=0.3)
         ax_bar.grid(alpha=0.3, axis='x')
@@ -199,12 +199,12 @@ def numpy_convnet_figure(runs, plt):
     """The NumPy ConvNet's run beside its PyTorch twin: smoothed training loss and test loss,
     test accuracy, per step; the legend gives each run's wall time."""
     with plt.rc_context(STYLE):
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.3, 2.5))
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.3, 2.8))
         for i, run in enumerate(runs):
             if run.missing or not run.data['train_loss']:
                 continue  # (a run stopped before its first step has no curve)
             m, c = run.data, f'C{i}'
-            label = f'{run.label} ({run_row(run)[3]})'
+            label = f'{figure_label(run.label)} ({run_row(run)[3]})'
             loss, window = np.asarray(m['train_loss']), max(1, len(m['train_loss']) // 20)
             ax_loss.plot(
                 m['steps'][window - 1 :],
@@ -224,11 +224,11 @@ def numpy_convnet_figure(runs, plt):
         ax_acc.set(
             xlabel='step', ylabel='evaluation accuracy', title='Accuracy on the evaluation split'
         )
-        if ax_loss.lines:
-            ax_loss.legend(frameon=False, fontsize=7)
+        if ax_loss.lines:  # below the panels: a long label inside would squeeze them
+            fig.legend(loc='lower center', ncol=2, frameon=False, fontsize=7)
         for ax in (ax_loss, ax_acc):
             ax.grid(alpha=0.3)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
@@ -306,6 +306,17 @@ def main(argv=None):
             raise ReportError(
                 f'--out_dir {args.out_dir} is inside the run folder {inside[0].path}; '
                 'the report goes elsewhere.',
+                2,
+            )
+        written = [os.path.join(out_dir, name) for name in ('figures', 'tables')]
+        if over := [
+            r
+            for r in config.folders
+            if any(is_within(os.path.join(ROOT, r.path), w) for w in written)
+        ]:
+            raise ReportError(
+                f'--out_dir {args.out_dir} would write figures/ and tables/ over the run folder '
+                f'{over[0].path}; the report goes elsewhere.',
                 2,
             )
         if args.rerun is not None:

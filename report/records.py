@@ -3,10 +3,11 @@ best.json gridsearch.py writes), and the check that a loaded record holds it: a 
 fails it is reported as a problem in one line, never drawn."""
 
 import csv
+import io
 import math
 import os
 import re
-from pathlib import Path
+import stat
 
 
 class ReportError(Exception):
@@ -15,6 +16,30 @@ class ReportError(Exception):
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# Ten times the largest record in report/runs/ (a 600 kB metrics.json): a larger file is no run's.
+LARGEST_FILE = 8 * 2**20
+
+
+def read_file(path):
+    """The bytes of the regular file at path; ReportError if it is something else (a FIFO or a
+    device would stall the report, or never end) or larger than LARGEST_FILE, OSError as
+    open's (FileNotFoundError: there is none)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO's open waits for a writer)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f'{path} is not a regular file; the report reads only files.')
+        if info.st_size > LARGEST_FILE:
+            raise ReportError(
+                f'{path} is {info.st_size / 2**20:.0f} MiB, larger than any record of a run '
+                f'({LARGEST_FILE // 2**20} MiB at most).'
+            )
+        with os.fdopen(os.dup(fd), 'rb') as f:
+            return f.read(LARGEST_FILE)
+    finally:
+        os.close(fd)
 
 
 SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
@@ -35,6 +60,8 @@ FRACTIONS = {
     ),
     'best.json': ('best_cv_score', 'test_accuracy'),
 }
+# The statuses train_utils.Run records.
+STATUSES = ('running', 'completed', 'interrupted', 'diverged')
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
 SHAPES = {
     'metrics.json': {
@@ -76,11 +103,16 @@ def shape_problem(data, record):
     ]
     if wrong:  # (true is not a number here, though Python's bool is an int)
         return f'lacks "{wrong[0]}" or holds it with the wrong type'
-    if not all(printable(arg, 1000) for arg in data['command']):
+    if not is_command(data['command']):
         return 'has a "command" that is not a list of lines of printable text'
     flags = data.get('flags', {})  # the report shows their values beside the commands
-    if not all(printable(k) and shown_as_text(v) for k, v in flags.items()):
+    if len(flags) > 200 or not all(printable(k) and shown_as_text(v) for k, v in flags.items()):
         return 'has "flags" whose names or values are not lines of printable text'
+    params = data.get('best_params', {})  # the grid's winner, printed in its summary
+    if not (
+        len(params) <= 20 and all(printable(k, 40) and shown_as_text(v) for k, v in params.items())
+    ):
+        return 'has "best_params" that are not a few settings of printable text'
     series = [data[k.replace('test_', split)] for k in SERIES] if record == 'metrics.json' else []
     if not all(type(v) in NUMBER for values in series for v in values):
         return 'has a series that holds something other than numbers'
@@ -107,6 +139,11 @@ def shape_problem(data, record):
         and type(data['flags'].get('validation_size', 0)) in (int, type(None))
     ):
         return 'has "flags" that are not a run\'s (a batch or validation size that is not one)'
+    if record == 'metrics.json' and data['status'] not in STATUSES:
+        return f'has a "status" other than {", ".join(STATUSES)}'
+    wall = data.get('wall_seconds')
+    if wall is not None and not 0 <= wall < 1e7:  # (nan too) a hundred days: no run of these
+        return 'has a "wall_seconds" that is not a run\'s time (from 0 to a hundred days)'
     if not printable(data.get('device') or '', 40):
         return 'has a "device" that is not a short line of text'
     if 'test_confusion' in data and not is_confusion(data['test_confusion']):
@@ -121,6 +158,17 @@ def printable(text, longest=200):
         isinstance(text, str)
         and len(text) <= longest
         and all(' ' <= c <= '~' or c == '±' for c in text)
+    )
+
+
+def is_command(argv):
+    """Whether argv is a command the report can print: a list of at most 200 lines of
+    printable text, 10,000 characters in all."""
+    return (
+        isinstance(argv, list)
+        and len(argv) <= 200
+        and all(printable(arg, 1000) for arg in argv)
+        and sum(map(len, argv)) <= 10_000
     )
 
 
@@ -161,14 +209,34 @@ def group_problem(data):
     return ''
 
 
+def is_png(data):
+    """Whether data is a whole PNG image: its signature, and every chunk's checksum (Pillow's
+    verify)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data.startswith(b'\x89PNG\r\n\x1a\n'):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        UnidentifiedImageError,
+    ):  # (SyntaxError: Pillow's "broken PNG")
+        return False
+    return True
+
+
 def grid_scores(path):
     """The mean CV accuracy of each setting in gridsearch.py's cv_results.csv at path; None
     when there is no such file, False when it is not such a table."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path, encoding='utf-8', newline='') as f:
-            scores = [float(row['mean_test_score']) for row in csv.DictReader(f)]
+        text = read_file(path).decode()
+        scores = [float(row['mean_test_score']) for row in csv.DictReader(io.StringIO(text))]
     except (OSError, ValueError, KeyError, TypeError, csv.Error):  # (UnicodeError: a ValueError)
         return False
     return scores if scores and all(0 <= x <= 1 for x in scores) else False
@@ -194,10 +262,22 @@ GRID_LATEX = {
 }
 
 
+def environments_problem(text):
+    """'' if each \\begin{...} in text is closed by its \\end{...}, innermost first, else what
+    is wrong (an unclosed table would swallow the rest of the report)."""
+    open_ = []
+    for kind, name in re.findall(r'\\(begin|end)\{([^}]*)\}', text):
+        if kind == 'begin':
+            open_.append(name)
+        elif not open_ or open_.pop() != name:
+            return f'an \\end{{{name}}} that closes no \\begin{{{name}}}'
+    return f'a \\begin{{{open_[-1]}}} that is never closed' if open_ else ''
+
+
 def checked_latex(path):
     """The text of a results.tex, if every command in it is one of GRID_LATEX (or an escaped
     character such as \\_ or \\%); else ReportError."""
-    text = Path(path).read_text(encoding='utf-8', errors='replace')
+    text = read_file(path).decode('utf-8', errors='replace')
     wrong = [
         f'the LaTeX command \\{c}'
         for c in re.findall(r'\\([A-Za-z@]+)', text)
@@ -212,6 +292,12 @@ def checked_latex(path):
         for e in re.findall(r'\\(?:begin|end)\s*\{([^}]*)\}', text)
         if e not in ('table', 'tabular')
     ]
+    wrong += [f'\\{c} without its {{...}}' for c in re.findall(r'\\(begin|end|label)(?!\{)', text)]
+    wrong += ['a \\label other than the one \\label{tab:gridsearch}'] * (
+        re.findall(r'\\label\{([^}]*)\}', text) != ['tab:gridsearch']
+    )
+    if unclosed := environments_problem(text):
+        wrong.append(unclosed)
     wrong += ['a character other than printable ASCII'] * (
         not printable(text.replace('\n', ' '), len(text))
     )

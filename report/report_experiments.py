@@ -8,10 +8,11 @@ import os
 import re
 
 import numpy as np
-from records import ReportError
+from records import ReportError, read_file
 from report_tables import (
     DEFINE,
     completed,
+    figure_label,
     group_numbers,
     spread,
     tex,
@@ -106,8 +107,7 @@ def read_dead_units(path):
 
     produce = 'produce it with: python report/dead_units.py'
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(read_file(path))
     except (OSError, ValueError, RecursionError) as e:  # missing, or not JSON
         why = getattr(e, 'strerror', None) or type(e).__name__
         raise ReportError(f'cannot read {path} ({why}); {produce}') from None
@@ -116,7 +116,7 @@ def read_dead_units(path):
         isinstance(settings, dict)
         and 0 < len(settings) <= 10
         and all(
-            re.fullmatch(r'[\w\[\], ]{1,40}', name)  # the title of its panel
+            re.fullmatch(r'[A-Za-z0-9_\[\], ]{1,40}', name)  # the title of its panel
             and isinstance(points, list)
             and 0 < len(points) <= 10
             and all(map(point, points))
@@ -154,7 +154,12 @@ def seed_curves(groups, plt):
             continue
         c, steps = f'C{i}', np.asarray(present[0]['eval_steps'])
         series = [
-            (ax_loss, [interval_means(m['train_loss'], steps) for m in present], '-', label),
+            (
+                ax_loss,
+                [interval_means(m['train_loss'], steps) for m in present],
+                '-',
+                figure_label(label),
+            ),
             (ax_loss, [m['validation_loss'] for m in present], '--', None),
             (ax_acc, [m['validation_accuracy'] for m in present], '-', None),
         ]
@@ -224,7 +229,7 @@ def confusion_figure(matrices, plt):
                 )
         ax.set_xticks(range(10), CLASS_NAMES, rotation=90, fontsize=7)
         ax.set_yticks(range(10), CLASS_NAMES, fontsize=7)
-        ax.set(xlabel='predicted class', title=run.label)
+        ax.set(xlabel='predicted class', title=figure_label(run.label))
         ax.spines[:].set_visible(False)
     np.atleast_1d(axes)[0].set_ylabel('true class')
     fig.tight_layout()

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-from records import checked_latex, grid_scores
+from records import checked_latex, grid_scores, read_file
 from tabulate import tabulate
 
 from train_utils import atomic_write
@@ -23,8 +23,10 @@ TEX_SPECIAL = str.maketrans(
         '\\': r'\textbackslash{}',
         '~': r'\textasciitilde{}',
         '^': r'\textasciicircum{}',
-        '±': r'\ensuremath{\pm}',  # (the text font's ± is a bitmap font here)
-        **{c: '\\' + c for c in '&%$#_{}'},
+        # ± and $ from the math fonts: the text fonts' (TS1) are bitmaps without cm-super,
+        # which microtype cannot expand; < > | in the OT1 text font are ¡ ¿ and a dash
+        **{c: r'\ensuremath{' + m + '}' for c, m in zip('±$<>|', [r'\pm', r'\$', '<', '>', '|'])},
+        **{c: '\\' + c for c in '&%#_{}'},
     }
 )
 
@@ -98,6 +100,21 @@ def write_table(path, colspec, head, rows):
     write(path, '\n'.join([*lines, r'\bottomrule', r'\end{tabular}']) + '\n')
 
 
+def figure_label(text, longest=48):
+    """text as a figure shows it: cut to longest characters (a label runs.json allows, up to
+    200, would push a figure's panels off its page), the tables give it whole; and not
+    starting with _, which matplotlib reads as "not in the legend"."""
+    text = text if len(text) <= longest else text[: longest - 3] + '...'
+    return ' ' + text if text.startswith('_') else text  # (matplotlib hides a legend's _label)
+
+
+def markdown(rows, head):
+    """A GitHub Markdown table of rows of text, each | in a cell escaped (else it starts a
+    column)."""
+    cells = [[str(cell).replace('|', '\\|') for cell in row] for row in rows]
+    return tabulate(cells, head, 'github', disable_numparse=True) + '\n'
+
+
 def spread(values, digits=3):
     """'mean ± sd' of values (the sample standard deviation, n - 1), or '--' with fewer than
     two."""
@@ -137,15 +154,17 @@ def with_standard_error(run):
 
 def time_v(run):
     """(seconds from process start to exit, peak memory in GB) that `/usr/bin/time -v` wrote
-    to the run's time.txt, or (None, None) when the run has none."""
+    to the run's time.txt, or (None, None) when the run has none or it holds no such numbers."""
     try:
-        with open(run.file('time.txt')) as f:
-            fields = dict(line.strip().rsplit(': ', 1) for line in f if ': ' in line)
+        lines = read_file(run.file('time.txt')).decode(errors='replace').splitlines()
+        fields = dict(line.strip().rsplit(': ', 1) for line in lines if ': ' in line)
         *hours, minutes, seconds = fields['Elapsed (wall clock) time (h:mm:ss or m:ss)'].split(':')
         elapsed = 3600 * int(hours[0] if hours else 0) + 60 * int(minutes) + float(seconds)
-        return elapsed, int(fields['Maximum resident set size (kbytes)']) / 1e6
-    except (OSError, KeyError, ValueError):
+        memory = int(fields['Maximum resident set size (kbytes)']) / 1e6
+    except (OSError, KeyError, ValueError, OverflowError):
         return None, None
+    # nan, inf, or more than a hundred days or a petabyte: not a run's, a damaged file
+    return (elapsed, memory) if 0 <= elapsed < 1e7 and 0 <= memory < 1e6 else (None, None)
 
 
 def numpy_convnet_ratios(config):
@@ -278,13 +297,10 @@ def write_tables(config, out):
     table('results', 'lrrrrl', ['model', *short, 'device'], [[r.label, *run_row(r)] for r in runs])
     write(
         f'{out}/results.md',
-        tabulate(
+        markdown(
             [[run.label, f'`{shlex.join(run.command)}`', *run_row(run)] for run in runs],
             ['model', 'command', *head, 'time', 'device'],
-            'github',
-            disable_numparse=True,
-        )
-        + '\n',
+        ),
     )
 
     rows = []  # each row's flags against the row above's: the change it makes
@@ -304,13 +320,10 @@ def write_tables(config, out):
     )
     write(
         f'{out}/modifications.md',
-        tabulate(
+        markdown(
             [[label, f'`{changes}`', *rest] for label, changes, *rest in rows],
             ['modification', 'flags changed', *head[::2]],
-            'github',
-            disable_numparse=True,
-        )
-        + '\n',
+        ),
     )
 
     # The ladder again, in NumPy (train_mlp_numpy.py with the same flags), beside PyTorch's.

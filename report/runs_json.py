@@ -7,7 +7,17 @@ import re
 from collections import namedtuple
 from dataclasses import dataclass
 
-from records import ReportError, checked_latex, grid_scores, group_problem, printable, shape_problem
+from records import (
+    ReportError,
+    checked_latex,
+    grid_scores,
+    group_problem,
+    is_command,
+    is_png,
+    printable,
+    read_file,
+    shape_problem,
+)
 from report_experiments import dead_units_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +62,7 @@ class Run:
     def load(self):
         shown, data = os.path.join(self.path, self.record), None
         try:
-            with open(self.file(self.record)) as f:
-                data = json.load(f)
+            data = json.loads(read_file(self.file(self.record)))
             wrong = shape_problem(data, self.record)
             self.problem = wrong and f'{shown} {wrong}'
             if not wrong and self.record == 'best.json':
@@ -70,12 +79,11 @@ class Run:
         """'' if the grid's folder holds the other files the report reads, else what is wrong:
         results.tex, a PNG heatmap.png and, when there, a cv_results.csv of scores."""
         for name in ('results.tex', 'heatmap.png'):
-            if not os.path.isfile(self.file(name)):
+            if not os.path.lexists(self.file(name)):
                 return f'{os.path.join(self.path, name)} not found'
         checked_latex(self.file('results.tex'))  # ReportError: load() says why
-        with open(self.file('heatmap.png'), 'rb') as f:
-            if f.read(8) != b'\x89PNG\r\n\x1a\n':
-                return f'{os.path.join(self.path, "heatmap.png")} is not a PNG image'
+        if not is_png(read_file(self.file('heatmap.png'))):
+            return f'{os.path.join(self.path, "heatmap.png")} is not a whole PNG image'
         if grid_scores(self.file('cv_results.csv')) is False:
             return (
                 f'{os.path.join(self.path, "cv_results.csv")} is not a table of scores '
@@ -102,9 +110,11 @@ def load_config(runs_path):
             kind = 'grid' if record == 'best.json' else 'run'
             raise ReportError(f'{runs_path}: {where} needs a "path" (the {kind} folder).', 2)
         command = entry.get('command') or []
-        if not isinstance(command, list) or not all(printable(arg, 1000) for arg in command):
+        if not is_command(command):
             raise ReportError(
-                f'{runs_path}: {where}: "command" must be a list of lines of printable text.', 2
+                f'{runs_path}: {where}: "command" must be a list of at most 200 lines of '
+                'printable text.',
+                2,
             )
         # Else a folder is named by its path under runs/ beside runs.json (report/runs/), for
         # --rerun NAME and messages: mod_kaiming, validation/mod_kaiming.
@@ -154,8 +164,9 @@ def load_config(runs_path):
 
     runs_dir = os.path.join(os.path.dirname(os.path.abspath(runs_path)), 'runs')
     try:
-        with open(runs_path) as f:
-            raw = json.load(f)
+        raw = json.loads(read_file(runs_path))
+    except ReportError as e:  # not a file, or too large
+        raise ReportError(str(e), 2) from None
     except (OSError, ValueError, RecursionError) as e:  # no such file, or not JSON
         raise ReportError(
             f'cannot read {runs_path} ({getattr(e, "strerror", None) or e}); pass '
@@ -200,9 +211,14 @@ def load_config(runs_path):
             raise ReportError(f'{runs_path}: {where} needs "paths", two or more run folders.', 2)
         if len({os.path.normpath(p) for p in paths if isinstance(p, str)}) < len(paths):
             raise ReportError(f'{runs_path}: {where} names a run folder twice.', 2)
-        return str(entry.get('label', where)), [
-            shared(folder({'path': path}, where)) for path in paths
-        ]
+        label = entry.get('label', where)
+        if not (label and printable(label)):
+            raise ReportError(
+                f'{runs_path}: {where}: "label" must be a line of printable ASCII text, at most '
+                '200 characters.',
+                2,
+            )
+        return label, [shared(folder({'path': path}, where)) for path in paths]
 
     seeds = [group(entry, f'seeds[{i}]') for i, entry in enumerate(raw.get('seeds', []))]
     for i, (_, _, twins) in enumerate(modifications):  # the validation ladder's seeds 1-3
@@ -227,6 +243,16 @@ def load_config(runs_path):
     ]
     changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
+    named = {}  # --rerun NAME and the figures' files name one folder each
+    for run in [*folders.values(), grid]:
+        if (twin := named.setdefault(run.name, run)) is not run:
+            raise ReportError(
+                f'{runs_path}: two folders are named {run.name!r} ({twin.path} and {run.path}).', 2
+            )
+        if run is grid and os.path.normpath(grid.path) in folders:
+            raise ReportError(
+                f'{runs_path}: the grid search and a run share the folder {grid.path}.', 2
+            )
     return Config(
         runs,
         grid,

@@ -132,7 +132,7 @@ def test_a_heatmap_that_is_not_an_image(tmp_path, capsys):
     runs_json = fake_project(tmp_path)
     (tmp_path / 'runs' / 'gridsearch' / 'heatmap.png').write_text('not an image')
     assert report(runs_json, tmp_path / 'out') == 1
-    assert 'heatmap.png is not a PNG image' in problem_of('gridsearch', capsys)
+    assert 'heatmap.png is not a whole PNG image' in problem_of('gridsearch', capsys)
 
 
 def test_a_run_with_no_steps_and_time_records_of_zero(tmp_path):
