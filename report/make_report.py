@@ -25,10 +25,12 @@ sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 from quiet_start import STOP_SIGNALS  # noqa: E402 (first: see its docstring)
 
 import numpy as np  # noqa: E402
-from records import ReportError  # noqa: E402
+from records import SCRIPTS, ReportError  # noqa: E402
 from report_experiments import (  # noqa: E402
     dead_units_figure,
+    read_benchmark,
     read_dead_units,
+    write_benchmark_table,
     write_experiment_figures,
     write_experiment_tables,
 )
@@ -47,14 +49,6 @@ STYLE = {
     'axes.spines.top': False,
     'axes.spines.right': False,
 }
-# The scripts --rerun may run: a recorded command names one of them, or is refused.
-SCRIPTS = (
-    'train_mlp_numpy.py',
-    'train_mlp_pytorch.py',
-    'train_convnet_numpy.py',
-    'train_convnet_pytorch.py',
-    'gridsearch.py',
-)
 
 
 def safe_command(run):
@@ -344,17 +338,19 @@ def main(argv=None):
                 f'{missing} run(s) missing; run the command(s) above (or pass '
                 f'--rerun), or --allow-missing to draw placeholders instead.'
             )
-        dead_units = None  # report/dead_units.py's record
-        if config.dead_units:
+        records = {}  # report/dead_units.py's and benchmark.py's, None when missing
+        for key, read in (('dead_units', read_dead_units), ('benchmark', read_benchmark)):
             try:
-                dead_units = read_dead_units(config.dead_units)
+                records[key] = getattr(config, key) and read(getattr(config, key))
             except ReportError as e:
                 if not args.allow_missing:
                     raise
                 print(f'make_report: warning: {e}', file=sys.stderr)
-        write_figures(config, dead_units, os.path.join(out_dir, 'figures'))
+                records[key] = None
+        write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures'))
         write_tables(config, os.path.join(out_dir, 'tables'))
         write_experiment_tables(config, os.path.join(out_dir, 'tables'))
+        write_benchmark_table(records['benchmark'], os.path.join(out_dir, 'tables'))
         print(f'make_report: figures in {out_dir}/figures, tables in {out_dir}/tables')
         if not args.no_pdf:
             if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it

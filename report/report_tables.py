@@ -1,13 +1,15 @@
 """The report's tables and the values report.tex quotes (tables/), written from the runs
 make_report.py loaded; and write(), through which every file of the report is written."""
 
+import functools
+import importlib
 import math
 import os
 import shlex
 from pathlib import Path
 
 import numpy as np
-from records import checked_latex, grid_scores, read_file
+from records import SCRIPTS, checked_latex, grid_scores, read_file
 from tabulate import tabulate
 
 from train_utils import atomic_write
@@ -115,12 +117,12 @@ def markdown(rows, head):
     return tabulate(cells, head, 'github', disable_numparse=True) + '\n'
 
 
-def spread(values, digits=3):
+def spread(values):
     """'mean ± sd' of values (the sample standard deviation, n - 1), or '--' with fewer than
     two."""
     if len(values) < 2:
         return '--'
-    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+    return f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
 
 
 def completed(runs):
@@ -227,6 +229,15 @@ def summary(run):
     return f'{(m["steps"] or [0])[-1]} steps, final test accuracy {final}{best}{time}.{note}'
 
 
+@functools.cache
+def script_defaults(script):
+    """The flags one of this project's train scripts takes when given none (what a run recorded
+    before a flag existed ran with); {} for any other name."""
+    if script not in SCRIPTS or script == 'gridsearch.py':
+        return {}
+    return vars(importlib.import_module(script.removesuffix('.py')).build_parser().parse_args([]))
+
+
 def write_tables(config, out):
     """tables/: runs.tex (the values report.tex quotes), NAME.tex a table each (results and
     modifications also as .md, for the README), commands.tex (Appendix A), gridsearch.tex."""
@@ -234,7 +245,9 @@ def write_tables(config, out):
     def table(name, colspec, head, rows):
         write_table(f'{out}/{name}.tex', colspec, head, rows)
 
-    def flag_changes(flags, base):  # '--name value' of each model flag that differs from base's
+    def flag_changes(run, above):  # '--name value' of each model flag that differs from above's
+        flags, defaults = run.data['flags'], script_defaults(run.data.get('script'))
+        base = {**defaults, **above.data['flags']}  # (a flag newer than above's run: its default)
         return (
             ' '.join(
                 f'no --{k}'
@@ -245,7 +258,6 @@ def write_tables(config, out):
                 for k, v in flags.items()
                 if base.get(k) != v
                 and k not in ('out_dir', 'data_dir', 'device', 'resume', 'overwrite')
-                and not (k not in base and v in (None, False, 0))
             )
             or '(none)'
         )
@@ -272,6 +284,8 @@ def write_tables(config, out):
     if not config.grid.missing and (scores := grid_scores(config.grid.file('cv_results.csv'))):
         chance = sum(x < 0.11 for x in scores)  # settings at chance (0.10)
         values.append(('gridsearch', 'chance', f'{chance} of {len(scores)}'))
+        if len(scores) > 1:  # the runner-up, to say whether the best is resolved
+            values.append(('gridsearch', 'second', f'{sorted(scores)[-2]:.3f}'))
     if ratios := numpy_convnet_ratios(config):
         values += [
             ('numpy_convnet', 'timeratio', ratios[0]),
@@ -308,7 +322,7 @@ def write_tables(config, out):
         above = config.modifications[i - 1][1] if i else None
         changed = '(baseline)' if i == 0 else '--'
         if i and not (run.missing or above.missing):
-            changed = flag_changes(run.data['flags'], above.data['flags'])
+            changed = flag_changes(run, above)
         rows.append([label, changed, *run_row(run)[:3:2]])
     # Labels and flag lists can be long: both wrap within fixed widths (16 cm in all).
     table(

@@ -18,7 +18,7 @@ from records import (
     read_file,
     shape_problem,
 )
-from report_experiments import dead_units_path
+from report_experiments import record_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ RUN_NAME, EXPERIMENT_NAME = r'[A-Za-z0-9][A-Za-z0-9_./-]*', r'[A-Za-z0-9][A-Za-z
 Config = namedtuple(
     'Config',
     'runs grid modifications seeds convnet changes numpy_convnet experiments confusion '
-    'dead_units folders',
+    'dead_units benchmark folders',
 )
 
 
@@ -263,7 +263,8 @@ def load_config(runs_path):
         names('numpy_convnet'),
         experiments,
         names('confusion'),
-        dead_units_path(raw, runs_path, ROOT),
+        record_path(raw, 'dead_units', runs_path, ROOT),
+        record_path(raw, 'benchmark', runs_path, ROOT),
         [*folders.values(), grid],
     )
 

@@ -262,3 +262,18 @@ def test_a_dead_units_setting_named_in_other_scripts_digits(tmp_path, capsys):
     assert report(runs_json, tmp_path / 'out') == 1
     assert 'is not what report/dead_units.py writes' in one_error(capsys)
     assert Path(runs_json).exists()
+
+
+@pytest.mark.parametrize(
+    'content', ['{"rows": [], "machine": {}}', '{"rows": [{"measurement": 1}]}', 'not json']
+)
+def test_a_damaged_benchmark_record(content, tmp_path, capsys):
+    """The report's benchmark table comes from benchmark.py's JSON: a damaged one is one
+    sentence, or with --allow-missing an empty table."""
+    runs_json = fake_project(tmp_path)
+    (tmp_path / 'benchmark.json').write_text(content)
+    edit(runs_json, lambda c: c.update(benchmark=str(tmp_path / 'benchmark.json')))
+    assert report(runs_json, tmp_path / 'out') == 1
+    assert 'produce it with: python benchmark.py' in one_error(capsys)
+    assert report(runs_json, tmp_path / 'out', '--allow-missing') == 0
+    assert 'benchmark.json missing' in (tmp_path / 'out/tables/benchmark_values.tex').read_text()

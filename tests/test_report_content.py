@@ -24,12 +24,16 @@ def test_the_committed_report_comes_from_its_runs(tmp_path):
         assert not run.missing, run.problem
     make_report.write_tables(config, str(tmp_path))
     make_report.write_experiment_tables(config, str(tmp_path))
+    make_report.write_benchmark_table(make_report.read_benchmark(config.benchmark), str(tmp_path))
     for name in os.listdir(tmp_path):
         with open(os.path.join(ROOT, 'report', 'tables', name)) as f:
             assert f.read() == (tmp_path / name).read_text(), f'tables/{name} is out of date'
     with open(os.path.join(ROOT, 'report', 'report.tex')) as f:
         tex = re.sub(r'(?<!\\)%.*', '', f.read())  # without its comments
-    macros = (tmp_path / 'runs.tex').read_text() + (tmp_path / 'experiments.tex').read_text()
+    macros = ''.join(
+        (tmp_path / name).read_text()
+        for name in ('runs.tex', 'experiments.tex', 'benchmark_values.tex')
+    )
     cited = [
         *(
             (f'exp/{n}/{row}', key)
