@@ -210,14 +210,14 @@ def numpy_convnet_figure(runs, plt):
             split = m.get('eval_split', 'test')  # a run with a validation split evaluates on it
             ax_loss.plot(m['eval_steps'], m[f'{split}_loss'], 'o--', c=c, ms=2.5, lw=0.8)
             ax_acc.plot(m['eval_steps'], m[f'{split}_accuracy'], 'o-', c=c, ms=2.5, lw=1.2)
+        splits = {r.data.get('eval_split', 'test') for r in runs if not r.missing}
+        split = splits.pop() if len(splits) == 1 else 'evaluation'  # (runs evaluated alike)
         ax_loss.set(
             xlabel='step',
             ylabel='cross-entropy loss',
-            title='Training loss (smoothed), evaluation loss (dashed)',
+            title=f'Training loss (smoothed), {split} loss (dashed)',
         )
-        ax_acc.set(
-            xlabel='step', ylabel='evaluation accuracy', title='Accuracy on the evaluation split'
-        )
+        ax_acc.set(xlabel='step', ylabel=f'{split} accuracy', title=f'Accuracy on the {split} set')
         if ax_loss.lines:  # below the panels: a long label inside would squeeze them
             fig.legend(loc='lower center', ncol=2, frameon=False, fontsize=7)
         for ax in (ax_loss, ax_acc):

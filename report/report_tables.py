@@ -40,14 +40,15 @@ DEFINE = '\\expandafter\\def\\csname run:{}:{}\\endcsname{{{}}}'
 TEST_IMAGES = 10_000  # CIFAR-10's test set
 
 
-def tex(text, tt=False):
-    """Plain text -> LaTeX (-- kept apart, not an en dash); tt: \\texttt, breaking after / and _."""
-    text = str(text).translate(TEX_SPECIAL).replace('--', '-{}-').replace('--', '-{}-')
-    return (
-        r'\texttt{' + text.replace('/', r'/\allowbreak{}').replace('\\_', r'\_\allowbreak{}') + '}'
-        if tt
-        else text
-    )
+def tex(text):
+    """Plain text -> LaTeX (-- kept apart, not an en dash)."""
+    return str(text).translate(TEX_SPECIAL).replace('--', '-{}-').replace('--', '-{}-')
+
+
+def typewriter(latex):
+    """tex()'s output for \\texttt, each _ the font's own character: \\_ draws a rule, which a
+    reader copying a command out of the PDF loses."""
+    return latex.replace('\\_', r'\char95{}')
 
 
 def command_tex(argv):
@@ -58,7 +59,7 @@ def command_tex(argv):
         if arg.startswith('-') or not groups:
             groups.append([])
         groups[-1].append(shlex.quote(arg))
-    return ' '.join(r'\mbox{\texttt{' + tex(' '.join(g)) + '}}' for g in groups)
+    return ' '.join(r'\mbox{\texttt{' + typewriter(tex(' '.join(g))) + '}}' for g in groups)
 
 
 def status_note(m):
