@@ -263,7 +263,8 @@ def dead_units_figure(record, plt):
                 label=f'step {p["step"]} (train acc. {p["train_accuracy"]:.2f})',
             )
         ax.set_xticks(layers, [f'layer {k}' for k in layers])
-        ax.set(ylim=(0, 1.05), title=f'hidden layers {name}')
+        # the legend above the bars, which reach 1 (all dead)
+        ax.set(ylim=(0, 1.5), yticks=np.linspace(0, 1, 6), title=f'hidden layers {name}')
         ax.legend(frameon=False, fontsize=7, loc='upper left')
         ax.grid(alpha=0.3, axis='y')
     np.atleast_1d(axes)[0].set_ylabel('fraction of units dead')
