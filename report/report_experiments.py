@@ -143,7 +143,7 @@ def write_benchmark_table(record, out):
         ]
         for r in (record or {}).get('rows', [])
     ]
-    colspec = r'@{}>{\raggedright\arraybackslash}p{7.4cm}rrlrl@{}'
+    colspec = r'@{}>{\raggedright\arraybackslash}p{6.6cm}rrlrl@{}'
     write_table(f'{out}/benchmark.tex', colspec, HEAD_BENCHMARK, rows)
     machine = record and f'{record["machine"]["cpu"]}, {record["machine"]["cpus"]} CPUs'
     values = [(f'bench/{i}', 'ratio', row[4]) for i, row in enumerate(rows)]
@@ -275,20 +275,20 @@ def dead_units_figure(record, plt):
 def confusion_figure(matrices, plt):
     """Each run's test confusion matrix, rows normalised: row i is how the images of class i
     were classified."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(6.3, 3.3))
+    fig, axes = plt.subplots(1, len(matrices), figsize=(6.3, 3.7))
     for ax, (run, m) in zip(np.atleast_1d(axes), matrices):
         totals = m.sum(axis=1, keepdims=True)  # a class with no test images: a blank row
         rates = np.divide(m, totals, out=np.full(m.shape, np.nan), where=totals > 0)
         ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
         for (i, j), rate in np.ndenumerate(rates):
-            if rate >= 0.05:
+            if rate >= 0.03:  # (the caption says so)
                 ax.text(
                     j,
                     i,
                     f'{100 * rate:.0f}',
                     ha='center',
                     va='center',
-                    fontsize=6,
+                    fontsize=7,
                     color='white' if rate > 0.5 else 'black',
                 )
         ax.set_xticks(range(10), CLASS_NAMES, rotation=90, fontsize=7)

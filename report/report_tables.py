@@ -355,14 +355,14 @@ def write_tables(config, out):
     # And chosen honestly: the same rows trained on 45,000 images, judged on the other 5,000.
     table(
         'validation_ladder',
-        r'@{}>{\raggedright\arraybackslash}p{5.0cm}rrrrr@{}',
+        r'@{}>{\raggedright\arraybackslash}p{4.1cm}rrrrr@{}',
         [
             'modification',
             'validation',
             'test, once',
             r'\shortstack[r]{validation\\seeds 1--3}',
             r'\shortstack[r]{test, once\\seeds 1--3}',
-            'test (as chosen on it)',
+            r'\shortstack[r]{test, as\\chosen on it}',
         ],
         [
             [
@@ -394,7 +394,7 @@ def write_tables(config, out):
     # And one change a row, each run judged on its validation split and tested once.
     table(
         'changes',
-        '@{}lrrrr@{}',
+        r'@{}>{\raggedright\arraybackslash}p{5.2cm}rrrr@{}',
         ['change', 'validation ± SE', 'test, once ± SE', 'steps', 'time'],
         [
             [

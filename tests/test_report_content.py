@@ -155,7 +155,7 @@ def prose(tex):
     text = re.sub(r'(?<!\\)%.*', '', tex)
     text = text[text.index(r'\begin{document}') :]
     for pattern in (
-        r'\\begin\{(equation|align|gather|multline|tabular)\*?\}.*?\\end\{\1\*?\}',
+        r'\\begin\{(equation|align|gather|multline|tabular|longtable)\*?\}.*?\\end\{\1\*?\}',
         r'\\\[.*?\\\]',
         r'\$[^$]*\$',
         r'\\(?:code|test|url|ref|eqref|label|input|includegraphics|runval|expval|ladder|finalacc'
