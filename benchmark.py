@@ -8,10 +8,13 @@ slows all alike.
     python benchmark.py --profile                 # where the NumPy ConvNet step spends its time
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
 import argparse
 import contextlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ import train_convnet_numpy
 import train_convnet_pytorch as convnet_script
 import train_mlp_numpy
 import train_mlp_pytorch
+from command_line import STOP_SIGNALS, interrupt, output_file
 from convnet_pytorch import ConvNet
 from modules import Conv2dModule, CrossEntropyModule, LinearModule
 from train_utils import select_device, write_json
@@ -382,18 +386,39 @@ def main(argv=None):
         default='auto',
         help="the ConvNet's (auto: CUDA when available); the MLPs run on the CPU",
     )
-    p.add_argument('--out', help='also write the rows and the machine as JSON to this file')
+    p.add_argument(
+        '--out', type=output_file, help='also write the rows and the machine as JSON to this file'
+    )
     p.add_argument(
         '--profile',
         action='store_true',
         help='only print the NumPy ConvNet step layer by layer, at batch 32',
     )
-    args, started, cpu = p.parse_args(argv), time.strftime('%Y-%m-%dT%H:%M:%S'), None
+    args = p.parse_args(argv)
     folder = os.path.dirname(os.path.abspath(args.out or '.'))
     if args.out and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         p.error(f'--out {args.out}: its folder does not exist or cannot be written to.')
-    if args.profile:
-        return profile_convnet_numpy()
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
+    try:
+        return profile_convnet_numpy() if args.profile else benchmark(args)
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(
+            f'benchmark.py: stopped by {signal.Signals(signum).name}; nothing was written.',
+            file=sys.stderr,
+        )
+        return 128 + signum
+    except OSError as e:
+        print(f'benchmark.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def benchmark(args):
+    """Prints the table row by row and, with --out, writes it with the machine as JSON."""
+    started, cpu = time.strftime('%Y-%m-%dT%H:%M:%S'), None
     print(
         f'| {"measurement":<80} | {"value":<28} | {"target":<12} |\n'
         f'|{"-" * 82}|{"-" * 30}|{"-" * 14}|',
@@ -424,6 +449,7 @@ def main(argv=None):
                 },
             },
         )
+    return 0
 
 
 if __name__ == '__main__':

@@ -91,7 +91,14 @@ def load_batch(path):
             'Delete it and download the data again.'
         ) from None
     try:
-        data, labels = batch['data'], np.asarray(batch['labels'])
+        data, labels = batch['data'], batch['labels']
+        # a flat list of ints (NumPy would walk a list of lists that share themselves, 2**45
+        # of them in a small file, for hours)
+        if not isinstance(labels, (list, np.ndarray)) or (
+            isinstance(labels, list) and not all(type(x) is int for x in labels)
+        ):
+            raise ValueError
+        labels = np.asarray(labels)
         if not (
             isinstance(data, np.ndarray)
             and data.dtype == np.uint8

@@ -6,6 +6,7 @@ from quiet_start import STOP_SIGNALS
 
 import argparse
 import contextlib
+import json
 import math
 import numbers
 import os
@@ -284,6 +285,53 @@ def check_arguments(parser, values):
                 raise ValueError(f'{name} must be {action.type.what}, got {value!r}.')
         elif action.type is None and not isinstance(value, (str, os.PathLike)):
             raise ValueError(f'{name} must be a path (a string), got {value!r}.')
+
+
+def output_file(text):
+    """argparse type: the path of a file to write, checked before any work: not a folder, and
+    below a folder this user can write to (the nearest that exists: the script makes the
+    rest)."""
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f'{text} is a folder; give the path of a file to write.')
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise argparse.ArgumentTypeError(f'{text} cannot be written: {folder} is not writable.')
+    return text
+
+
+def unique_keys(pairs):
+    """json's object_pairs_hook: the object as a dict, ValueError when it names a key twice
+    (JSON lets the second silently win)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f'names the key {key!r} twice')
+        seen.add(key)
+    return dict(pairs)
+
+
+def read_json(path, largest=2**20):
+    """The JSON in the file at path; ValueError of one sentence when it cannot be read, is not a
+    regular file of at most `largest` bytes (a FIFO would wait forever), is not JSON or names a
+    key twice."""
+    if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) <= largest):
+        raise ValueError(f'{path} is not a JSON file of at most {largest // 1024} KiB.')
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f, object_pairs_hook=unique_keys)
+    except OSError as e:
+        raise ValueError(f'cannot read {path}: {e.strerror}.') from None
+    except (UnicodeDecodeError, RecursionError):
+        raise ValueError(f'{path} is not a JSON text of reasonable depth.') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f'{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.'
+        ) from None
+    except ValueError as e:  # unique_keys's
+        raise ValueError(f'{path} {e}.') from None
 
 
 def check_memory(n_numbers, what):

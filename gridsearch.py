@@ -46,6 +46,7 @@ from command_line import (
     hidden_units,
     non_negative_int,
     positive_int,
+    read_json,
     seed_int,
 )
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
@@ -96,16 +97,7 @@ def build_grid(args):
     """The default grid, updated by --grid's file, then by the flags; ValueError if any is bad."""
     grid = dict(DEFAULT_GRID)
     if args.grid:
-        try:
-            from_file = json.loads(Path(args.grid).read_text())
-        except OSError as e:
-            raise ValueError(f'cannot read the grid file {args.grid}: {e.strerror}.') from None
-        except (UnicodeDecodeError, RecursionError):
-            raise ValueError(f'{args.grid} is not a JSON text of reasonable depth.') from None
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f'{args.grid} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.'
-            ) from None
+        from_file = read_json(args.grid)
         if not isinstance(from_file, dict) or not from_file:
             raise ValueError(
                 'the grid must be a non-empty JSON object of lists, e.g. '
@@ -381,6 +373,8 @@ def search(args, out_dir, argv):
         )
         train, validation, test = data['train'], data['validation'], data['test']
         x, y = train.images, train.labels
+        if n is not None and n > len(y):
+            raise ValueError(f'--subsample {n} is more than the {len(y)} training images.')
         if n is not None and n < len(y):  # n images, each class in its share
             keep, _ = train_test_split(
                 np.arange(len(y)), train_size=n, stratify=y, random_state=args.seed

@@ -27,6 +27,7 @@ SCRIPTS = (
     'train_convnet_numpy.py',
     'train_convnet_pytorch.py',
     'gridsearch.py',
+    'benchmark.py',
     'dead_units.py',  # report/'s
     'make_report.py',  # report/'s
 )

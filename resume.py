@@ -2,6 +2,7 @@
 checkpoint's record checked on reading, the step and folder the run resumes at, and the
 metrics and best checkpoint it carries along."""
 
+import json
 import os
 
 from command_line import check_arguments
@@ -11,8 +12,9 @@ def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, ove
     """Where a run resumed from checkpoint `resume` goes on: (first step, out_dir, overwrite).
     saved: the checkpoint's 'flags', 'step' and 'metrics'. ValueError, before any work, when a
     flag of trajectory_flags changed (or max_steps, over which a schedule is laid out), when
-    the checkpoint is past --max_steps, or when a validation run that has been evaluated lacks
-    the best checkpoint (best_name) beside it, which its end tests. out_dir defaults to the
+    the checkpoint is past --max_steps, when its folder records another run (whose results
+    and best checkpoint are not this run's), or when a validation run that has been evaluated
+    lacks the best checkpoint (best_name) beside it, which its end tests. out_dir defaults to the
     checkpoint's folder, where the run goes on in place."""
     saved_flags, saved_step = saved['flags'], saved['step']
     changed = [n for n in trajectory_flags if saved_flags.get(n) != flags[n]]
@@ -28,6 +30,12 @@ def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, ove
             f'{resume} is at step {saved_step}, beyond --max_steps {flags["max_steps"]}.'
         )
     folder = os.path.dirname(os.path.abspath(resume))
+    if recorded_start(folder) not in (None, saved['metrics']['started']):  # another run's folder
+        raise ValueError(
+            f'{resume} is not the run {os.path.join(folder, "metrics.json")} records, so going '
+            'on from it would replace that run or test its best checkpoint; put the checkpoint '
+            'in a folder of its own.'
+        )
     evaluated = saved['metrics'].get('eval_steps')
     if (
         flags['validation_size']
@@ -40,6 +48,24 @@ def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, ove
         )
     out_dir = out_dir or folder
     return saved_step + 1, out_dir, overwrite or os.path.abspath(out_dir) == folder
+
+
+def recorded_start(folder):
+    """The 'started' of the run folder's metrics.json: when the run began, to the microsecond,
+    the same in every checkpoint of that run and no other's; None when the folder holds no
+    readable record."""
+    try:
+        with open(os.path.join(folder, 'metrics.json')) as f:
+            return json.load(f).get('started')
+    except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
+        return None
+
+
+def check_is_file(path):
+    """ValueError unless path, if it exists, is a regular file: reading a FIFO or a device as
+    a checkpoint would wait forever."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f'{path} is not a checkpoint file.')
 
 
 # What a checkpoint's metrics must hold for continue_run, by type.

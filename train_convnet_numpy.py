@@ -30,7 +30,7 @@ from command_line import (
 )
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
-from resume import check_record, continue_run, resume_point
+from resume import check_is_file, check_record, continue_run, resume_point
 from train_utils import (
     Run,
     atomic_write,
@@ -143,6 +143,7 @@ def save_checkpoint(path, step, flags, run, model, optimizer, schedule, train_se
 def read_checkpoint(path):
     """A checkpoint this script wrote: {'record': its JSON record, 'arrays': {name: array}},
     read without pickle; ValueError with one sentence when it is not one."""
+    check_is_file(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}

@@ -32,7 +32,7 @@ from command_line import (
     resume_defaults,
 )
 from convnet_pytorch import ConvNet
-from resume import check_record, continue_run, resume_point
+from resume import check_is_file, check_record, continue_run, resume_point
 from train_utils import (
     Run,
     atomic_write,
@@ -185,6 +185,7 @@ def evaluate(model, images, labels, device, batch_size=1000, amp_dtype=None, fli
 def read_checkpoint(path):
     """A checkpoint this script wrote, loaded with weights_only=True (tensors and plain
     values, never code); ValueError with one sentence when it is not one."""
+    check_is_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:

@@ -94,7 +94,7 @@ class Run:
                 f'best_{eval_split}_accuracy': None,
             },
             wall_seconds=None,
-            started=datetime.now().isoformat(timespec='seconds'),
+            started=datetime.now().isoformat(timespec='microseconds'),  # (also names the run)
             versions={'python': platform.python_version(), **versions},
         )
         self.metrics.setdefault('final_test_accuracy', None)  # with validation: at the end

@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import cifar10_utils  # noqa: E402
-from command_line import STOP_SIGNALS, ArgumentParser, interrupt  # noqa: E402
+from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file  # noqa: E402
 from mlp_pytorch import MLP  # noqa: E402
 from train_utils import write_json  # noqa: E402
 
@@ -122,7 +122,7 @@ def main(argv=None):
     130), before anything was written."""
     p = ArgumentParser(prog='dead_units.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--data_dir', default=cifar10_utils.default_data_dir(), help='CIFAR-10 folder')
-    p.add_argument('--out', default=OUT, help='the JSON file to write')
+    p.add_argument('--out', default=OUT, type=output_file, help='the JSON file to write')
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}

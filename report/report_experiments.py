@@ -303,6 +303,6 @@ def confusion_figure(matrices, plt):
 def record_path(raw, key, runs_path, root):
     """runs.json's key ("dead_units" or "benchmark", the path of a JSON file), or None."""
     path = raw.get(key)
-    if path is not None and not isinstance(path, str):
+    if path is not None and not printable(path, 1000):
         raise ReportError(f'{runs_path}: "{key}" must be the path of a JSON file.', 2)
     return path and os.path.join(root, path)

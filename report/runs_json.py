@@ -20,7 +20,11 @@ from records import (
 )
 from report_experiments import record_path
 
+from command_line import unique_keys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Far more than report.tex shows (8 runs, 105 folders), far fewer than would take minutes.
+MOST_RUNS, MOST_FOLDERS = 100, 2000
 
 # The names runs.json gives runs and experiments, which the report's macros and file names
 # spell (an experiment's names files of its own, so no / or .).
@@ -106,9 +110,13 @@ def load_config(runs_path):
     """Parses runs.json into a Config; ReportError (exit 2) says what is wrong with it."""
 
     def folder(entry, where, name=None, record='metrics.json'):
-        if not isinstance(entry, dict) or not isinstance(entry.get('path'), str):
+        if not isinstance(entry, dict) or not printable(entry.get('path'), 1000):
             kind = 'grid' if record == 'best.json' else 'run'
-            raise ReportError(f'{runs_path}: {where} needs a "path" (the {kind} folder).', 2)
+            raise ReportError(
+                f'{runs_path}: {where} needs a "path" (the {kind} folder), a line of printable '
+                'text.',
+                2,
+            )
         command = entry.get('command') or []
         if not is_command(command):
             raise ReportError(
@@ -164,7 +172,7 @@ def load_config(runs_path):
 
     runs_dir = os.path.join(os.path.dirname(os.path.abspath(runs_path)), 'runs')
     try:
-        raw = json.loads(read_file(runs_path))
+        raw = json.loads(read_file(runs_path), object_pairs_hook=unique_keys)
     except ReportError as e:  # not a file, or too large
         raise ReportError(str(e), 2) from None
     except (OSError, ValueError, RecursionError) as e:  # no such file, or not JSON
@@ -183,6 +191,8 @@ def load_config(runs_path):
             f'"gridsearch": {{"path": ...}}, "modifications": [...]}}.',
             2,
         )
+    if len(raw['runs']) > MOST_RUNS:  # each draws a figure and a row of every table of runs
+        raise ReportError(f'{runs_path}: "runs" names more than {MOST_RUNS} runs.', 2)
     runs = {
         plain(name, 'runs', EXPERIMENT_NAME): folder(entry, f'runs.{name}', name)
         for name, entry in raw['runs'].items()
@@ -243,6 +253,8 @@ def load_config(runs_path):
     ]
     changes = [(run.label, shared(run)) for run in changes]
     grid = folder(raw.get('gridsearch'), 'gridsearch', 'gridsearch', 'best.json')
+    if len(folders) > MOST_FOLDERS:
+        raise ReportError(f'{runs_path} names more than {MOST_FOLDERS} run folders.', 2)
     named = {}  # --rerun NAME and the figures' files name one folder each
     for run in [*folders.values(), grid]:
         if (twin := named.setdefault(run.name, run)) is not run:

@@ -269,11 +269,17 @@ def test_bad_runs_json_is_one_line(tmp_path, capsys):
     bad.write_text('{"runs": {"a": {"label": "no path"}}}')
     assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f'make_report: error: {bad}: runs.a needs a "path" (the run folder).'
+    assert err == (
+        f'make_report: error: {bad}: runs.a needs a "path" (the run folder), a line of '
+        'printable text.'
+    )
     bad.write_text('{"runs": {"a": {"path": "a"}}}')
     assert make_report.main(['--runs', str(bad), '--out_dir', str(tmp_path), '--no-pdf']) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f'make_report: error: {bad}: gridsearch needs a "path" (the grid folder).'
+    assert err == (
+        f'make_report: error: {bad}: gridsearch needs a "path" (the grid folder), a line of '
+        'printable text.'
+    )
 
 
 def test_convnet_ladder_names_only_runs(tmp_path, capsys):
