@@ -130,13 +130,18 @@ def read_benchmark(path):
     return record
 
 
+def measured(value):
+    """A benchmark value as the table shows it: three significant digits, whole from 1000."""
+    return '--' if value is None else f'{value:.0f}' if abs(value) >= 1000 else f'{value:.3g}'
+
+
 def write_benchmark_table(record, out):
     """tables/benchmark.tex, a row a measurement of benchmark.py's record (None: no rows), and
     tables/benchmark_values.tex, the macros bench/ROW ratio (ROW from 0) and bench machine."""
     rows = [
         [
             r['measurement'].replace('`', ''),
-            *('--' if r[k] is None else f'{r[k]:.3g}' for k in ('value', 'reference')),
+            *(measured(r[k]) for k in ('value', 'reference')),
             r['unit'],
             '--' if r['ratio'] is None else f'{r["ratio"]:.2f}',
             r['target'],

@@ -120,10 +120,12 @@ def markdown(rows, head):
 
 def spread(values):
     """'mean ± sd' of values (the sample standard deviation, n - 1), or '--' with fewer than
-    two."""
+    two; three decimals, or as many as show the sd's first digit (up to six)."""
     if len(values) < 2:
         return '--'
-    return f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
+    sd = np.std(values, ddof=1)
+    digits = min(6, max(3, -math.floor(math.log10(sd)))) if sd > 0 else 3
+    return f'{np.mean(values):.{digits}f} ± {sd:.{digits}f}'
 
 
 def completed(runs):
