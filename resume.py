@@ -54,8 +54,11 @@ def recorded_start(folder):
     """The 'started' of the run folder's metrics.json: when the run began, to the microsecond,
     the same in every checkpoint of that run and no other's; None when the folder holds no
     readable record."""
+    path = os.path.join(folder, 'metrics.json')
+    if not os.path.isfile(path):  # (a FIFO would wait forever)
+        return None
     try:
-        with open(os.path.join(folder, 'metrics.json')) as f:
+        with open(path) as f:
             return json.load(f).get('started')
     except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
         return None
