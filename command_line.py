@@ -298,7 +298,9 @@ def output_file(text):
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise argparse.ArgumentTypeError(f'{text} cannot be written: {folder} is not writable.')
+        raise argparse.ArgumentTypeError(
+            f'{text} cannot be written: {folder} is not a folder this user can write to.'
+        )
     return text
 
 

@@ -159,7 +159,7 @@ def write_figures(config, dead_units, out):
             ax_bar.barh(y, final, color=c, alpha=0.85)
             if best is not None:  # best.pt, chosen on validation; the caption explains it
                 ax_bar.plot(best, y, 'D', ms=4.5, mfc='k', mec='w', mew=0.8, zorder=3)
-            ax_bar.text(max(final, best or 0) + 0.03, y, f'{final:.3f}', va='center', fontsize=8)
+            ax_bar.text(max(final, best or 0) + 0.045, y, f'{final:.3f}', va='center', fontsize=8)
         ticks = [0.2, 0.5, 1, 2, 5, 10, 20, 50]  # (log: the MLPs' few epochs beside the
         ax_curve.set(  # ConvNets' many; plain labels, since labels here are never mathtext)
             xscale='log',

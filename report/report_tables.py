@@ -23,8 +23,8 @@ METADATA = {
 TEX_SPECIAL = str.maketrans(
     {
         '\\': r'\textbackslash{}',
-        '~': r'\textasciitilde{}',
-        '^': r'\textasciicircum{}',
+        '~': r'{\ttfamily\char126}',  # (OT1's \textasciitilde and \textasciicircum are accents)
+        '^': r'{\ttfamily\char94}',
         # ± and $ from the math fonts: the text fonts' (TS1) are bitmaps without cm-super,
         # which microtype cannot expand; < > | in the OT1 text font are ¡ ¿ and a dash
         **{c: r'\ensuremath{' + m + '}' for c, m in zip('±$<>|', [r'\pm', r'\$', '<', '>', '|'])},
@@ -138,7 +138,7 @@ def group_numbers(runs):
     the last tenth of the steps, the final validation loss and accuracy, the test accuracy."""
     present = completed(runs)
     return {
-        'training loss': [float(losses(m)['trainloss']) for m in present],
+        'training loss': [tail_loss(m) for m in present if m['train_loss']],
         'validation loss': [m['validation_loss'][-1] for m in present if m.get('validation_loss')],
         'validation acc.': [m['final_validation_accuracy'] for m in present],
         'test acc., once': [m['final_test_accuracy'] for m in present],
@@ -184,15 +184,20 @@ def numpy_convnet_ratios(config):
     return f'{t_ours / t_theirs:.2f}', f'{gb_ours / gb_theirs:.2f}'
 
 
+def tail_loss(m):
+    """A run's mean training loss over the last tenth of its steps."""
+    train = m['train_loss']
+    return float(np.mean(train[-max(1, len(train) // 10) :]))
+
+
 def losses(m):
     """{name: text} of a run's losses: the training loss at the first step and over the last
     tenth of the steps, the evaluation loss at the first evaluation, at its lowest and at the
     end."""
     train, evals = m['train_loss'], m[f'{m.get("eval_split", "test")}_loss']
-    tail = train[-max(1, len(train) // 10) :]
     return {
         'firstloss': f'{train[0]:.1f}' if train else '--',
-        'trainloss': f'{np.mean(tail):.2f}' if train else '--',
+        'trainloss': f'{tail_loss(m):.2f}' if train else '--',
         'firstevalloss': f'{evals[0]:.2f}' if evals else '--',
         'minevalloss': f'{min(evals):.2f}' if evals else '--',
         'evalloss': f'{evals[-1]:.2f}' if evals else '--',
@@ -364,7 +369,7 @@ def write_tables(config, out):
             'test, once',
             r'\shortstack[r]{validation\\seeds 1--3}',
             r'\shortstack[r]{test, once\\seeds 1--3}',
-            r'\shortstack[r]{test, as\\chosen on it}',
+            r'\shortstack[r]{test, chosen\\on the test set}',
         ],
         [
             [

@@ -138,7 +138,7 @@ def test_benchmark_checks_its_out_file_first(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert 'its folder does not exist or cannot be written to.' in result.stderr
+    assert 'afile is not a folder this user can write to.' in result.stderr
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
