@@ -7,6 +7,7 @@ Images keep the course's pixel scale (0..255) minus the training set's mean imag
 """
 
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
@@ -44,6 +45,9 @@ CLASS_NAMES = (
 
 # A download slower than this over a whole window is given up (a server that trickles).
 STALL_SECONDS, MIN_BYTES_PER_SECOND = 60, 10_000
+# Three times the official archive's 163 MiB: a longer download is no CIFAR-10 (a server that
+# never stops sending would fill the disk).
+LARGEST_ARCHIVE = 512 << 20
 
 
 class CIFAR10Error(RuntimeError):
@@ -145,6 +149,12 @@ def download_cifar10(data_dir, url=None, md5=None):
                 with tqdm.wrapattr(f, 'write', total=total, desc='CIFAR-10', leave=False) as out:
                     window_start, window_bytes = time.monotonic(), 0
                     while chunk := response.read1(1 << 20):  # what has come, at once
+                        if f.tell() + len(chunk) > LARGEST_ARCHIVE:  # (an endless stream)
+                            raise CIFAR10Error(
+                                f'The download from {url} is larger than '
+                                f'{LARGEST_ARCHIVE >> 20} MiB, which no CIFAR-10 archive is; '
+                                'nothing was kept.'
+                            )
                         out.write(chunk)
                         digest.update(chunk)
                         window_bytes += len(chunk)
@@ -156,7 +166,8 @@ def download_cifar10(data_dir, url=None, md5=None):
                                     'nothing was kept. Try again later.'
                                 )
                             window_start, window_bytes = time.monotonic(), 0
-        except (OSError, ValueError) as e:  # URLError, timeouts; ValueError: a bad URL
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts,
+            # a bad URL (ValueError, InvalidURL) or a server that does not speak HTTP
             raise CIFAR10Error(
                 f'Could not download CIFAR-10 from {url} ({getattr(e, "reason", e)}). Without '
                 'network access, put data_batch_1..5 and test_batch from cifar-10-python.tar.gz '

@@ -131,6 +131,12 @@ def main(argv=None):
     except cifar10_utils.CIFAR10Error as e:
         print(f'dead_units.py: error: {e}', file=sys.stderr)
         return 1
+    except ValueError as e:  # scikit-learn's: a class too small for the stratified subsample
+        print(
+            f"dead_units.py: error: the data cannot give the grid's subsample ({e})",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as e:
         print(
             f'dead_units.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr

@@ -97,7 +97,15 @@ def rerun(config, names):
         run.load()
         command = safe_command(run)
         print(f'make_report: rerunning {name}: {shlex.join(command)}', flush=True)
-        if (status := subprocess.run(command, cwd=ROOT).returncode) != 0:
+        # its own session: a signal reaches it once, from here, and it stops as it would alone
+        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+        try:
+            status = child.wait()
+        except KeyboardInterrupt as stop:  # make_report's stop(): pass it on, let it save
+            child.send_signal(stop.args[0] if stop.args else signal.SIGINT)
+            child.wait()
+            raise
+        if status != 0:
             raise ReportError(f'rerun of {name} failed (exit {status}): {shlex.join(command)}')
 
 

@@ -1,0 +1,120 @@
+"""Findings of the sixth probe: make_report --rerun stopped by a signal killed its run
+mid-step (status "running", no curves, a stale lock); a download from a server that never
+stops filled the disk, and one that does not speak HTTP gave a traceback; report/dead_units.py
+on data with a class of one image gave a traceback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, one_error, small_run
+from fake_runs import fake_grid
+
+import cifar10_utils
+import train_mlp_numpy
+
+sys.path.insert(0, os.path.join(ROOT, 'report'))
+import dead_units  # noqa: E402
+
+
+def test_a_rerun_stopped_by_a_signal_stops_its_run_cleanly(fake_cifar, tmp_path):
+    """The signal reaches the rerun once, and the run saves what it has, as a run stopped alone
+    does: status interrupted, its curves, no lock left."""
+    run = tmp_path / 'run'
+    assert train_mlp_numpy.main(small_run(fake_cifar, run)) == 0
+    record = json.loads((run / 'metrics.json').read_text())
+    steps = record['command'].index('--max_steps') + 1
+    record['command'][steps] = '1000000'  # long enough to be stopped
+    (run / 'metrics.json').write_text(json.dumps(record))
+    fake_grid(tmp_path / 'grid')
+    runs_json = tmp_path / 'runs.json'
+    runs = {'runs': {'a': {'path': str(run)}}, 'gridsearch': {'path': str(tmp_path / 'grid')}}
+    runs_json.write_text(json.dumps(runs))
+    argv = [sys.executable, 'report/make_report.py', '--runs', str(runs_json), '--no-pdf']
+    argv += ['--out_dir', str(tmp_path / 'out'), '--rerun', 'a']
+    env = {**os.environ, 'CIFAR10_DIR': fake_cifar}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while json.loads((run / 'metrics.json').read_text())['started'] == record['started']:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)  # until the rerun has written its first record
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and 'Traceback' not in err, err
+    assert 'make_report: stopped by SIGTERM' in err.splitlines()[-1]
+    after = json.loads((run / 'metrics.json').read_text())
+    assert after['status'] == 'interrupted' and after['steps']
+    assert (run / 'curves.png').exists() and not (run / '.lock').exists()
+
+
+def serve_raw(reply):
+    """A TCP server on 127.0.0.1 answering every connection with reply(socket); its URL."""
+    listener = socket.create_server(('127.0.0.1', 0))
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            with conn:
+                reply(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f'http://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz'
+
+
+def send(data):
+    return lambda conn: conn.sendall(data)
+
+
+def endless(conn):
+    conn.sendall(b'HTTP/1.0 200 OK\r\n\r\n')
+    with pytest.raises(OSError):  # until the client gives up and closes
+        while True:
+            conn.sendall(b'\0' * 65536)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    'reply, why',
+    [
+        (send(b'GARBAGE\r\n\r\n'), 'GARBAGE'),
+        (send(b'HTTP/1.1 200 OK\r\nX: ' + b'y' * 70000 + b'\r\n\r\n'), 'got more than'),
+        (send(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'), 'Could not'),
+        (endless, 'is larger than 1 MiB, which no CIFAR-10 archive is; nothing was kept.'),
+    ],
+)
+def test_a_server_that_does_not_speak_http_or_never_stops(reply, why, tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar10_utils, 'LARGEST_ARCHIVE', 1 << 20)
+    url = serve_raw(reply)
+    target = tmp_path / 'data' / 'cifar-10-batches-py'
+    with pytest.raises(cifar10_utils.CIFAR10Error) as error:
+        cifar10_utils.download_cifar10(str(target), url=url, md5='0' * 32)
+    assert why in str(error.value)
+    assert os.listdir(tmp_path / 'data') == []  # no temporary folder left
+
+
+def test_a_url_with_a_space_is_one_sentence(tmp_path):
+    with pytest.raises(cifar10_utils.CIFAR10Error, match='Could not download CIFAR-10 from'):
+        cifar10_utils.download_cifar10(str(tmp_path / 'd'), url='http://a b/x', md5='0' * 32)
+
+
+def test_dead_units_on_data_with_a_class_of_one_image(tmp_path, capsys, monkeypatch):
+    """scikit-learn's stratified split refused it with a ValueError traceback."""
+
+    def one_image_of_class_1(*args, **kwargs):
+        labels = np.zeros(5500, dtype=np.int64)
+        labels[0] = 1
+        return {'train': cifar10_utils.DataSet(np.zeros((5500, 3, 32, 32), np.float32), labels)}
+
+    monkeypatch.setattr(cifar10_utils, 'get_cifar10', one_image_of_class_1)
+    assert dead_units.main(['--out', str(tmp_path / 'd.json')]) == 1
+    assert "the data cannot give the grid's subsample" in one_error(capsys)
+    assert not (tmp_path / 'd.json').exists()
