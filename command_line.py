@@ -350,6 +350,16 @@ def check_memory(n_numbers, what):
         )
 
 
+def check_batch_statistics(batchnorm, batch_size):
+    """ValueError when batch normalization would train on batches of one image, whose variance
+    is 0 (PyTorch refuses such a batch mid-run; NumPy would output beta alone)."""
+    if batchnorm != 'none' and batch_size < 2:
+        raise ValueError(
+            '--batchnorm needs --batch_size 2 or more: a batch of one image has no spread to '
+            'normalise by.'
+        )
+
+
 def parse_with_preset(parser, argv, presets):
     """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
     preset = parser.parse_known_args(argv)[0].preset

@@ -18,6 +18,7 @@ import cifar10_utils
 from command_line import (
     add_mlp_flags,
     check_arguments,
+    check_batch_statistics,
     check_memory,
     cli,
     hidden_layers,
@@ -146,6 +147,7 @@ def train(
     weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
     # the weights, their gradients, two optimizer moments and a scratch array, in float32
     check_memory(5 * weights, f'--dnn_hidden_units {",".join(map(str, sizes[1:-1]))}')
+    check_batch_statistics(batchnorm, batch_size)
 
     split = 'validation' if validation_size else 'test'  # what the evaluations use
     run = Run(__file__, flags, out_dir, max_steps, overwrite=overwrite, eval_split=split)

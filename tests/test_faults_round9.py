@@ -118,3 +118,16 @@ def test_dead_units_on_data_with_a_class_of_one_image(tmp_path, capsys, monkeypa
     assert dead_units.main(['--out', str(tmp_path / 'd.json')]) == 1
     assert "the data cannot give the grid's subsample" in one_error(capsys)
     assert not (tmp_path / 'd.json').exists()
+
+
+@pytest.mark.parametrize('script, batchnorm', [('numpy', 'numpy'), ('pytorch', 'torch')])
+def test_batch_norm_on_batches_of_one_image(script, batchnorm, fake_cifar, tmp_path, capsys):
+    """PyTorch's "Expected more than 1 value per channel" came from inside the first step,
+    naming no flag; the NumPy MLP trained on, its batch norm returning beta alone."""
+    import train_mlp_pytorch
+
+    main = {'numpy': train_mlp_numpy, 'pytorch': train_mlp_pytorch}[script].main
+    argv = small_run(fake_cifar, tmp_path / 'run', '--batchnorm', batchnorm)
+    assert main([*argv, '--batch_size', '1']) == 2
+    assert '--batchnorm needs --batch_size 2 or more' in one_error(capsys)
+    assert not (tmp_path / 'run').exists()
