@@ -10,7 +10,6 @@ slows all alike.
 
 import quiet_start  # noqa: F401 (first: see its docstring)
 
-import argparse
 import contextlib
 import os
 import platform
@@ -33,7 +32,7 @@ import train_convnet_numpy
 import train_convnet_pytorch as convnet_script
 import train_mlp_numpy
 import train_mlp_pytorch
-from command_line import STOP_SIGNALS, interrupt, output_file
+from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file
 from convnet_pytorch import ConvNet
 from modules import Conv2dModule, CrossEntropyModule, LinearModule
 from train_utils import select_device, write_json
@@ -378,7 +377,7 @@ def bench_loading(quick, step_seconds):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = ArgumentParser(prog='benchmark.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='a small pass of everything')
     p.add_argument(
         '--device',

@@ -131,6 +131,11 @@ def download_cifar10(data_dir, url=None, md5=None):
     md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
     data_dir = os.path.abspath(data_dir)
     parent = os.path.dirname(data_dir)
+    if os.path.islink(data_dir) and not os.path.exists(data_dir):  # the data could not go there
+        raise CIFAR10Error(
+            f'{data_dir} is a symbolic link to {os.readlink(data_dir)}, which does not exist; '
+            'make the folder it names, or point --data_dir or CIFAR10_DIR elsewhere.'
+        )
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix='.cifar10-download-', dir=parent)

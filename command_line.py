@@ -288,13 +288,17 @@ def check_arguments(parser, values):
 
 
 def output_file(text):
-    """argparse type: the path of a file to write, checked before any work: not a folder, and
-    below a folder this user can write to (the nearest that exists: the script makes the
-    rest)."""
+    """argparse type: the path of a file to write, checked before any work: not a folder, not
+    in a run's folder (its records are not to be replaced), and below a folder this user can
+    write to (the nearest that exists: the script makes the rest)."""
     path = os.path.abspath(text)
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f'{text} is a folder; give the path of a file to write.')
     folder = os.path.dirname(path)
+    if any(os.path.exists(os.path.join(folder, n)) for n in ('metrics.json', 'best.json')):
+        raise argparse.ArgumentTypeError(
+            f'{text} is in the run folder {folder}; write it elsewhere.'
+        )
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):

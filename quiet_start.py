@@ -28,6 +28,7 @@ SCRIPTS = (
     'train_convnet_pytorch.py',
     'gridsearch.py',
     'benchmark.py',
+    'unittests.py',
     'dead_units.py',  # report/'s
     'make_report.py',  # report/'s
 )

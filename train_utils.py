@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import sys
@@ -291,11 +292,16 @@ def check_out_dir(out_dir, overwrite=False):
     """ValueError, before any work, for an out_dir that cannot be written or that holds files
     (another run's, which this one would overwrite) when overwrite is False."""
     # A path the file system cannot hold fails only after makedirs made the folders above it.
-    names = os.path.abspath(out_dir).encode().split(b'/')
+    names = os.fsencode(os.path.abspath(out_dir)).split(b'/')
     if sum(map(len, names)) + len(names) > PATH_MAX - 100 or max(map(len, names)) > NAME_MAX:
         raise ValueError(
             f'--out_dir is too long for the file system: at most {NAME_MAX} bytes a name and '
             f'{PATH_MAX - 100} in all.'
+        )
+    if os.path.islink(out_dir) and not os.path.exists(out_dir):  # it would be made elsewhere
+        raise ValueError(
+            f'--out_dir {out_dir} is a symbolic link to {os.readlink(out_dir)}, which does not '
+            'exist; give a folder, or make the one it names.'
         )
     held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
     if held and not overwrite:
@@ -394,16 +400,12 @@ def plot_curves(metrics, path):
 
 def atomic_write(path, write):
     """write(file) into a temporary file of this process beside path, then renamed to path: a
-    reader never sees half a file, and a failed write leaves no temporary file behind."""
+    reader never sees half a file, and a failed or interrupted write leaves no temporary file
+    behind (its name is known before the file exists, so a signal at any moment can remove it)."""
     folder, name = os.path.split(path)
+    tmp = os.path.join(folder or '.', f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
-    except OSError as e:  # the folder is gone, or read-only
-        raise OSError(e.errno, e.strerror, path) from None
-    try:
-        umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # (the umask applies)
         with os.fdopen(fd, 'wb') as f:
             write(f)
         os.replace(tmp, path)

@@ -7,12 +7,17 @@ NumPy modules: a check passes when the largest elementwise relative error
 the manual function, and agreement with torch.nn.BatchNorm1d to 1e-8.
 """
 
+import quiet_start  # noqa: F401 (first: see its docstring)
+
+import signal
+import sys
 import unittest
 
 import numpy as np
 import torch
 from torch import nn
 
+from command_line import STOP_SIGNALS, interrupt
 from convnet_numpy import ConvNet
 from custom_batchnorm import (
     CustomBatchNormAutograd,
@@ -465,4 +470,11 @@ class TestCustomBatchNorm(unittest.TestCase):
 
 
 if __name__ == '__main__':
-    unittest.main()
+    for stop in STOP_SIGNALS:  # each stops the checks as Ctrl-C does, in one sentence
+        signal.signal(stop, interrupt)
+    try:
+        unittest.main()
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f'unittests.py: stopped by {signal.Signals(signum).name}.', file=sys.stderr)
+        sys.exit(128 + signum)

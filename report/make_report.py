@@ -304,6 +304,8 @@ def main(argv=None):
         raise KeyboardInterrupt(signum)
 
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    hook = sys.unraisablehook  # a stop raised inside a weakref callback is remembered above
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyboardInterrupt) else hook(u)
     try:
         if not args.out_dir.strip():
             raise ReportError('--out_dir must name a folder.', 2)
@@ -359,14 +361,27 @@ def main(argv=None):
                     raise
                 print(f'make_report: warning: {e}', file=sys.stderr)
                 records[key] = None
-        write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures'))
-        write_tables(config, os.path.join(out_dir, 'tables'))
-        write_experiment_tables(config, os.path.join(out_dir, 'tables'))
-        write_benchmark_table(records['benchmark'], os.path.join(out_dir, 'tables'))
-        print(f'make_report: figures in {out_dir}/figures, tables in {out_dir}/tables')
+        ours, theirs = Path(REPORT_DIR, 'report.tex'), Path(out_dir, 'report.tex')
+        if not args.no_pdf and theirs.exists() and theirs.read_bytes() != ours.read_bytes():
+            raise ReportError(
+                f"--out_dir {args.out_dir} holds a report.tex that is not this report's; the "
+                'report goes elsewhere.',
+                2,
+            )
+        tables = os.path.join(out_dir, 'tables')
+        for step in (  # (a stop a library swallowed ends it between steps)
+            lambda: write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures')),
+            lambda: write_tables(config, tables),
+            lambda: write_experiment_tables(config, tables),
+            lambda: write_benchmark_table(records['benchmark'], tables),
+        ):
+            if stopped:
+                raise KeyboardInterrupt
+            step()
+        print(f'make_report: figures in {out_dir}/figures, tables in {tables}')
         if not args.no_pdf:
             if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it
-                write(os.path.join(out_dir, 'report.tex'), Path(REPORT_DIR, 'report.tex'))
+                write(str(theirs), ours)
             print(f'make_report: {build_pdf(out_dir)}')
     except ReportError as e:
         print(f'make_report: error: {e}', file=sys.stderr)
@@ -379,6 +394,7 @@ def main(argv=None):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
     if stopped:
         print(
             f'make_report: stopped by {signal.Signals(stopped[0]).name}; the files already '
