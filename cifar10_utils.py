@@ -224,6 +224,11 @@ def ensure_cifar10(data_dir, download=True):
             'with data_batch_1..5 and test_batch.'
         )
     switch = os.environ.get('CIFAR10_DOWNLOAD', '1').strip().lower()
+    if switch not in ('1', 'true', 'yes', 'on', '0', 'false', 'no', 'off', ''):
+        raise CIFAR10Error(
+            f'CIFAR10_DOWNLOAD={switch!r} is neither on (1, true, yes, on) nor off (0, false, '
+            'no, off).'
+        )
     if not download or switch in ('0', 'false', 'no', 'off', ''):
         raise CIFAR10Error(
             f'CIFAR-10 is not in {data_dir} and downloading is off. Place the '

@@ -118,3 +118,11 @@ def test_benchmark_refuses_a_bad_flag_in_one_line(capsys):
         benchmark.main(['--bogus'])
     assert stop.value.code == 2
     assert capsys.readouterr().err == 'benchmark.py: error: unrecognized arguments: --bogus\n'
+
+
+def test_a_download_switch_that_is_neither_on_nor_off(tmp_path, monkeypatch):
+    """CIFAR10_DOWNLOAD=garbage counted as on and downloaded."""
+    monkeypatch.setenv('CIFAR10_DOWNLOAD', 'garbage')
+    with pytest.raises(cifar10_utils.CIFAR10Error, match="CIFAR10_DOWNLOAD='garbage' is neither"):
+        cifar10_utils.ensure_cifar10(str(tmp_path / 'none'))
+    assert os.listdir(tmp_path) == []
