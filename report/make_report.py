@@ -9,6 +9,7 @@ or a flag is wrong."""
 import contextlib
 import importlib
 import io
+import json
 import os
 import shlex
 import shutil
@@ -38,7 +39,7 @@ from report_tables import figure_label, run_row, status_note, write, write_table
 from runs_json import Run, check_groups, load_config  # noqa: E402, F401 (Run: for tests)
 
 from command_line import ArgumentParser  # noqa: E402
-from train_utils import plot_curves  # noqa: E402
+from train_utils import plot_curves, write_json  # noqa: E402
 
 # The comparison is drawn at report.tex's text width (6.3 in): 8-9 pt here is 8-9 pt on paper.
 STYLE = {
@@ -51,12 +52,12 @@ STYLE = {
 }
 
 
-def safe_command(run):
-    """The command that reruns a folder, rebuilt from what it recorded, never run as it
-    stands: one of this project's scripts, by this interpreter, with flags that script's
-    parser accepts, and --overwrite (the rerun replaces the folder's files). ReportError
-    otherwise: a shared run folder could hold any command."""
-    command = run.rerun_command()
+def safe_command(run, out_dir=None):
+    """The command that reruns a folder into out_dir (default: the folder), rebuilt from what
+    it recorded, never run as it stands: one of this project's scripts, by this interpreter,
+    with flags that script's parser accepts, and --overwrite. ReportError otherwise: a shared
+    run folder could hold any command."""
+    command = run.rerun_command(out_dir)
     if not command:
         raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
     if not (len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in SCRIPTS):
@@ -95,7 +96,12 @@ def rerun(config, names):
         )
     for name, run in targets.items():
         run.load()
-        command = safe_command(run)
+        # into a fresh folder beside it, which replaces the old one only once it completes
+        folder, fresh = os.path.join(ROOT, run.path), run.path.rstrip('/') + '.rerun'
+        taken = [p for p in (fresh, f'{fresh[:-6]}.old') if os.path.lexists(os.path.join(ROOT, p))]
+        if taken:
+            raise ReportError(f'--rerun: {taken[0]} exists (a rerun cut short?); remove it first.')
+        command = safe_command(run, fresh)
         print(f'make_report: rerunning {name}: {shlex.join(command)}', flush=True)
         # its own session: a signal reaches it once, from here, and it stops as it would alone
         child = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
@@ -104,9 +110,40 @@ def rerun(config, names):
         except KeyboardInterrupt as stop:  # make_report's stop(): pass it on, let it save
             child.send_signal(stop.args[0] if stop.args else signal.SIGINT)
             child.wait()
+            shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)
+            print(f'make_report: the rerun of {name} was stopped; {run.path} is as it was.')
             raise
         if status != 0:
-            raise ReportError(f'rerun of {name} failed (exit {status}): {shlex.join(command)}')
+            shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)
+            raise ReportError(
+                f'rerun of {name} failed (exit {status}), {run.path} is as it was: '
+                f'{shlex.join(command)}'
+            )
+        retarget(os.path.join(ROOT, fresh), fresh, run.path)
+        old = folder.rstrip('/') + '.old'
+        if os.path.lexists(folder):
+            os.rename(folder, old)
+        os.rename(os.path.join(ROOT, fresh), folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def retarget(folder, old, new):
+    """The records in folder (metrics.json, best.json) with each string old, its --out_dir
+    while it ran, written as new, the folder it now is."""
+
+    def moved(value):
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        return new if value == old else value
+
+    for name in ('metrics.json', 'best.json'):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                record = json.load(f)
+            write_json(path, moved(record))
 
 
 def write_figures(config, dead_units, out):

@@ -22,17 +22,21 @@ import train_mlp_numpy
 
 sys.path.insert(0, os.path.join(ROOT, 'report'))
 import dead_units  # noqa: E402
+import make_report  # noqa: E402
 
 
-def test_a_rerun_stopped_by_a_signal_stops_its_run_cleanly(fake_cifar, tmp_path):
-    """The signal reaches the rerun once, and the run saves what it has, as a run stopped alone
-    does: status interrupted, its curves, no lock left."""
+def test_a_rerun_stopped_by_a_signal_leaves_the_run_as_it_was(fake_cifar, tmp_path):
+    """The rerun was killed mid-step in the run's own folder: the finished run was gone, and
+    the folder held a record "running", no curves and a stale lock. The rerun now goes into a
+    fresh folder beside it, which replaces the run only once it completes; stopped, it gets
+    the signal once, stops as a run stopped alone does, and the fresh folder is removed."""
     run = tmp_path / 'run'
     assert train_mlp_numpy.main(small_run(fake_cifar, run)) == 0
     record = json.loads((run / 'metrics.json').read_text())
     steps = record['command'].index('--max_steps') + 1
     record['command'][steps] = '1000000'  # long enough to be stopped
     (run / 'metrics.json').write_text(json.dumps(record))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     fake_grid(tmp_path / 'grid')
     runs_json = tmp_path / 'runs.json'
     runs = {'runs': {'a': {'path': str(run)}}, 'gridsearch': {'path': str(tmp_path / 'grid')}}
@@ -42,7 +46,7 @@ def test_a_rerun_stopped_by_a_signal_stops_its_run_cleanly(fake_cifar, tmp_path)
     env = {**os.environ, 'CIFAR10_DIR': fake_cifar}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while json.loads((run / 'metrics.json').read_text())['started'] == record['started']:
+    while not (tmp_path / 'run.rerun' / 'metrics.json').exists():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)  # until the rerun has written its first record
     time.sleep(1)
@@ -50,9 +54,26 @@ def test_a_rerun_stopped_by_a_signal_stops_its_run_cleanly(fake_cifar, tmp_path)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM and 'Traceback' not in err, err
     assert 'make_report: stopped by SIGTERM' in err.splitlines()[-1]
-    after = json.loads((run / 'metrics.json').read_text())
-    assert after['status'] == 'interrupted' and after['steps']
-    assert (run / 'curves.png').exists() and not (run / '.lock').exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('run.')]  # no .rerun left
+
+
+def test_a_completed_rerun_replaces_the_run_and_records_its_folder(fake_cifar, tmp_path):
+    run = tmp_path / 'run'
+    assert train_mlp_numpy.main(small_run(fake_cifar, run, '--seed', '5')) == 0
+    first = json.loads((run / 'metrics.json').read_text())
+    fake_grid(tmp_path / 'grid')
+    runs = {'runs': {'a': {'path': str(run)}}, 'gridsearch': {'path': str(tmp_path / 'grid')}}
+    (tmp_path / 'runs.json').write_text(json.dumps(runs))
+    os.environ['CIFAR10_DIR'], saved = fake_cifar, os.environ.get('CIFAR10_DIR')
+    try:
+        make_report.rerun(make_report.load_config(str(tmp_path / 'runs.json')), ['a'])
+    finally:
+        os.environ.pop('CIFAR10_DIR') if saved is None else os.environ.update(CIFAR10_DIR=saved)
+    again = json.loads((run / 'metrics.json').read_text())
+    assert again['started'] != first['started'] and again['train_loss'] == first['train_loss']
+    assert again['out_dir'] == str(run) and str(run) in again['command']
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('run.')]
 
 
 def serve_raw(reply):
