@@ -199,6 +199,8 @@ def download_cifar10(data_dir, url=None, md5=None):
             raise CIFAR10Error(
                 f'The archive from {url} lacks {", ".join(missing)} under {ARCHIVE_FOLDER}/.'
             )
+        if os.path.isdir(data_dir):
+            os.rmdir(data_dir)  # empty (ensure_cifar10 checked): the extracted folder replaces it
         os.replace(extracted, data_dir)
     except KeyboardInterrupt:
         print('Download interrupted; nothing was kept.', file=sys.stderr)
@@ -235,9 +237,7 @@ def ensure_cifar10(data_dir, download=True):
             'batch files of cifar-10-python.tar.gz (data_batch_1..5, test_batch) '
             'there, or point CIFAR10_DIR or --data_dir at them.'
         )
-    if os.path.isdir(data_dir):
-        os.rmdir(data_dir)  # empty (checked above); the extracted folder replaces it
-    download_cifar10(data_dir)
+    download_cifar10(data_dir)  # (which replaces an empty data_dir only once it has the data)
     return data_dir
 
 

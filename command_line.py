@@ -66,6 +66,8 @@ fraction = _number(float, True, 'a number in [0, 1)', 1.0, high_ok=False)
 # torch, NumPy and scikit-learn all take a seed below 2^32
 seed_int = _number(int, True, 'an integer from 0 to 4294967295', 2**32 - 1)
 crop_padding = _number(int, True, 'an integer from 0 to 16 (half an image)', 16)
+# A hundred million steps: days for the smallest network here; more is a typo, not a run.
+step_count = _number(int, False, 'an integer from 1 to 100000000', 10**8)
 
 
 def hidden_units(text):
@@ -102,7 +104,7 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     )
     p.add_argument(
         '--max_steps',
-        type=positive_int,
+        type=step_count,
         default=max_steps,
         help='number of training steps (mini-batches)',
     )

@@ -87,7 +87,7 @@ def measure(data_dir, out):
     if train.num_examples <= SUBSAMPLE:
         raise cifar10_utils.CIFAR10Error(
             f"{data_dir} holds {train.num_examples} training images; the grid's subsample "
-            f'takes {SUBSAMPLE} of them.'
+            f'takes {SUBSAMPLE} of them and needs more left over.'
         )
     keep, _ = train_test_split(
         np.arange(train.num_examples),

@@ -126,3 +126,22 @@ def test_a_download_switch_that_is_neither_on_nor_off(tmp_path, monkeypatch):
     with pytest.raises(cifar10_utils.CIFAR10Error, match="CIFAR10_DOWNLOAD='garbage' is neither"):
         cifar10_utils.ensure_cifar10(str(tmp_path / 'none'))
     assert os.listdir(tmp_path) == []
+
+
+def test_max_steps_beyond_any_run_is_refused(tmp_path, capsys):
+    """--max_steps 99999999999999999999 was accepted: a run that never ends."""
+    argv = ['--max_steps', '99999999999999999999', '--out_dir', str(tmp_path / 'run')]
+    with pytest.raises(SystemExit) as stop:
+        train_mlp_numpy.main(argv)
+    assert stop.value.code == 2
+    assert 'expected an integer from 1 to 100000000' in one_error(capsys)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_an_empty_data_folder_outlives_a_failed_download(tmp_path, monkeypatch):
+    """The user's empty --data_dir was removed before the download, which then failed."""
+    (tmp_path / 'empty').mkdir()
+    monkeypatch.setenv('CIFAR10_URL', 'http://127.0.0.1:9/cifar-10-python.tar.gz')
+    with pytest.raises(cifar10_utils.CIFAR10Error, match='Could not download'):
+        cifar10_utils.ensure_cifar10(str(tmp_path / 'empty'))
+    assert os.listdir(tmp_path) == ['empty']
