@@ -68,7 +68,10 @@ def write_garbage(path):
     'args, message',
     [
         (['--learning_rate', '0'], 'argument --learning_rate: expected a number > 0 that float32'),
-        (['--max_steps', '-1'], "argument --max_steps: expected an integer > 0, got '-1'"),
+        (
+            ['--max_steps', '-1'],
+            "argument --max_steps: expected an integer from 1 to 100000000, got '-1'",
+        ),
         (['--batch_size', '2.5'], "argument --batch_size: expected an integer > 0, got '2.5'"),
         (['--weight_decay', 'inf'], 'argument --weight_decay: expected a number >= 0 that float32'),
         (['--optimizer', 'rmsprop'], "argument --optimizer: invalid choice: 'RMSPROP'"),

@@ -283,7 +283,11 @@ def test_ctrl_c_before_the_first_step_is_one_sentence(
     'script, kwargs, message',
     [
         (train_mlp_numpy, {'eval_freq': 0}, 'eval_freq must be an integer > 0, got 0.'),
-        (train_mlp_pytorch, {'max_steps': 0}, 'max_steps must be an integer > 0, got 0.'),
+        (
+            train_mlp_pytorch,
+            {'max_steps': 0},
+            'max_steps must be an integer from 1 to 100000000, got 0.',
+        ),
         (
             train_convnet_pytorch,
             {'seed': -1},

@@ -167,7 +167,10 @@ def run_script(args, cwd, env=None):
             ['--learning_rate', 'nan'],
             'argument --learning_rate: expected a number > 0 that float32',
         ),
-        (['--max_steps', '0'], "argument --max_steps: expected an integer > 0, got '0'"),
+        (
+            ['--max_steps', '0'],
+            "argument --max_steps: expected an integer from 1 to 100000000, got '0'",
+        ),
         (['--batch_size', '-2'], "argument --batch_size: expected an integer > 0, got '-2'"),
         (['--batch_size', '1.5'], "argument --batch_size: expected an integer > 0, got '1.5'"),
         (['--eval_freq', '0'], "argument --eval_freq: expected an integer > 0, got '0'"),
