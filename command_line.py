@@ -332,7 +332,9 @@ def read_json(path, largest=2**20):
             return json.load(f, object_pairs_hook=unique_keys)
     except OSError as e:
         raise ValueError(f'cannot read {path}: {e.strerror}.') from None
-    except (UnicodeDecodeError, RecursionError):
+    except UnicodeDecodeError:
+        raise ValueError(f'{path} is not UTF-8 text.') from None
+    except RecursionError:
         raise ValueError(f'{path} is not a JSON text of reasonable depth.') from None
     except json.JSONDecodeError as e:
         raise ValueError(

@@ -80,8 +80,8 @@ CHECKS = {  # grid key -> (the test every value passes, what it asks for)
     'batch_size': (lambda v: type(v) is int and 0 < v <= 50000, 'an integer from 1 to 50000'),
     'learning_rate': (lambda v: type(v) in NUMBER and 0 < v <= FLOAT32_MAX, FLOAT32_RATE),
     'hidden_units': (
-        lambda v: type(v) is list and all(type(h) is int and h > 0 for h in v),
-        'a list of positive integers',
+        lambda v: type(v) is list and v and all(type(h) is int and h > 0 for h in v),
+        'a non-empty list of positive integers (as --hidden_units takes)',
     ),
     'optimizer': (lambda v: v in OPTIMIZERS, f'one of {", ".join(OPTIMIZERS)}'),
     'weight_decay': (lambda v: type(v) in NUMBER and 0 <= v <= FLOAT32_MAX, FLOAT32_DECAY),

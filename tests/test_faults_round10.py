@@ -145,3 +145,18 @@ def test_an_empty_data_folder_outlives_a_failed_download(tmp_path, monkeypatch):
     with pytest.raises(cifar10_utils.CIFAR10Error, match='Could not download'):
         cifar10_utils.ensure_cifar10(str(tmp_path / 'empty'))
     assert os.listdir(tmp_path) == ['empty']
+
+
+@pytest.mark.parametrize(
+    'content, why',
+    [
+        (b'{"hidden_units": [[]]}', 'every value must be a non-empty list of positive integers'),
+        (b'{"learning_rate": [0.1]}\xff', 'is not UTF-8 text.'),
+    ],
+)
+def test_a_grid_file_with_no_hidden_layer_or_not_utf8(content, why, tmp_path, capsys):
+    """[[]] ran fits with no hidden layer, where --dnn_hidden_units '' is refused; a file
+    that is not UTF-8 was called "not a JSON text of reasonable depth"."""
+    (tmp_path / 'grid.json').write_bytes(content)
+    assert gridsearch.main(['--grid', str(tmp_path / 'grid.json')]) == 2
+    assert why in one_error(capsys)

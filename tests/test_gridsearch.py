@@ -74,7 +74,7 @@ def test_bad_grid_flags(args, message, tmp_path, capsys, fake_cifar):
         ('{"epochs": [1]}', "unknown grid key 'epochs'"),
         (
             '{"hidden_units": [[100, -1]]}',
-            "grid key 'hidden_units': every value must be a list of positive integers",
+            "grid key 'hidden_units': every value must be a non-empty list of positive integers",
         ),
         ('[1, 2]', 'the grid must be a non-empty JSON object of lists'),
         ('{"momentum": [0.9]}', "grid key 'momentum' applies only to the optimizer 'sgd'"),
