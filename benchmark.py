@@ -32,7 +32,7 @@ import train_convnet_numpy
 import train_convnet_pytorch as convnet_script
 import train_mlp_numpy
 import train_mlp_pytorch
-from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file
+from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file, stopped
 from convnet_pytorch import ConvNet
 from modules import Conv2dModule, CrossEntropyModule, LinearModule
 from train_utils import select_device, write_json
@@ -401,12 +401,7 @@ def main(argv=None):
     try:
         return profile_convnet_numpy() if args.profile else benchmark(args)
     except KeyboardInterrupt as e:
-        signum = e.args[0] if e.args else signal.SIGINT
-        print(
-            f'benchmark.py: stopped by {signal.Signals(signum).name}; nothing was written.',
-            file=sys.stderr,
-        )
-        return 128 + signum
+        return stopped('benchmark.py', e, '; nothing was written.')
     except OSError as e:
         print(f'benchmark.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr)
         return 1

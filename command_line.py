@@ -412,6 +412,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
+def stopped(prog, interruption, then='.'):
+    """Says which signal stopped prog (interrupt()'s KeyboardInterrupt names it; Ctrl-C's own
+    names none), then `then`; prog's exit status, 128 + its number."""
+    signum = interruption.args[0] if interruption.args else signal.SIGINT
+    print(f'{prog}: stopped by {signal.Signals(signum).name}{then}', file=sys.stderr)
+    return 128 + signum
+
+
 def cli(train, args):
     """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
     value, 1 missing data, a diverged run, a failed write or too little memory, 130 Ctrl-C,

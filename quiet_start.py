@@ -21,12 +21,16 @@ STOP_SIGNALS = (
     signal.SIGALRM,
 )
 
-SCRIPTS = (
+# The scripts that make runs (make_report.py --rerun runs no other), and every script.
+RUN_SCRIPTS = (
     'train_mlp_numpy.py',
     'train_mlp_pytorch.py',
     'train_convnet_numpy.py',
     'train_convnet_pytorch.py',
     'gridsearch.py',
+)
+SCRIPTS = (
+    *RUN_SCRIPTS,
     'benchmark.py',
     'unittests.py',
     'dead_units.py',  # report/'s

@@ -2,10 +2,9 @@
 checkpoint's record checked on reading, the step and folder the run resumes at, and the
 metrics and best checkpoint it carries along."""
 
-import json
 import os
 
-from command_line import check_arguments
+from command_line import check_arguments, read_json
 
 
 def resume_point(resume, saved, flags, trajectory_flags, best_name, out_dir, overwrite):
@@ -54,13 +53,9 @@ def recorded_start(folder):
     """The 'started' of the run folder's metrics.json: when the run began, to the microsecond,
     the same in every checkpoint of that run and no other's; None when the folder holds no
     readable record."""
-    path = os.path.join(folder, 'metrics.json')
-    if not os.path.isfile(path):  # (a FIFO would wait forever)
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f).get('started')
-    except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
+    try:  # (a long run's record is megabytes; a FIFO is refused, not waited on)
+        return read_json(os.path.join(folder, 'metrics.json'), largest=2**30).get('started')
+    except (ValueError, AttributeError):  # none, not a file, not JSON, not an object
         return None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from command_line import STOP_SIGNALS, interrupt
+from command_line import STOP_SIGNALS, interrupt, stopped
 from convnet_numpy import ConvNet
 from custom_batchnorm import (
     CustomBatchNormAutograd,
@@ -475,6 +475,4 @@ if __name__ == '__main__':
     try:
         unittest.main()
     except KeyboardInterrupt as e:
-        signum = e.args[0] if e.args else signal.SIGINT
-        print(f'unittests.py: stopped by {signal.Signals(signum).name}.', file=sys.stderr)
-        sys.exit(128 + signum)
+        sys.exit(stopped('unittests.py', e))

@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import cifar10_utils  # noqa: E402
-from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file  # noqa: E402
+from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file, stopped  # noqa: E402
 from mlp_pytorch import MLP  # noqa: E402
 from train_utils import write_json  # noqa: E402
 
@@ -143,12 +143,7 @@ def main(argv=None):
         )
         return 1
     except KeyboardInterrupt as e:
-        signum = e.args[0] if e.args else signal.SIGINT
-        print(
-            f'dead_units.py: stopped by {signal.Signals(signum).name}; nothing was written.',
-            file=sys.stderr,
-        )
-        return 128 + signum
+        return stopped('dead_units.py', e, '; nothing was written.')
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -23,10 +23,10 @@ REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from quiet_start import STOP_SIGNALS  # noqa: E402 (first: see its docstring)
+from quiet_start import RUN_SCRIPTS, STOP_SIGNALS  # noqa: E402 (first: see its docstring)
 
 import numpy as np  # noqa: E402
-from records import SCRIPTS, ReportError  # noqa: E402
+from records import ReportError  # noqa: E402
 from report_experiments import (  # noqa: E402
     dead_units_figure,
     read_benchmark,
@@ -60,10 +60,12 @@ def safe_command(run, out_dir=None):
     command = run.rerun_command(out_dir)
     if not command:
         raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
-    if not (len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in SCRIPTS):
+    if not (
+        len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in RUN_SCRIPTS
+    ):
         raise ReportError(
             f'--rerun: {run.name} records the command {shlex.join(command)!r}, '
-            f'which is not python running one of {", ".join(SCRIPTS)}; it was not '
+            f'which is not python running one of {", ".join(RUN_SCRIPTS)}; it was not '
             'run.'
         )
     script, flags = command[1], command[2:]

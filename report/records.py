@@ -18,14 +18,6 @@ class ReportError(Exception):
         self.exit_code = exit_code
 
 
-# This project's scripts: the only ones --rerun runs, or whose defaults the report reads.
-SCRIPTS = (
-    'train_mlp_numpy.py',
-    'train_mlp_pytorch.py',
-    'train_convnet_numpy.py',
-    'train_convnet_pytorch.py',
-    'gridsearch.py',
-)
 # Ten times the largest record in report/runs/ (a 600 kB metrics.json): a larger file is no run's.
 LARGEST_FILE = 8 * 2**20
 

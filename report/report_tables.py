@@ -1,6 +1,8 @@
 """The report's tables and the values report.tex quotes (tables/), written from the runs
 make_report.py loaded; and write(), through which every file of the report is written."""
 
+from quiet_start import RUN_SCRIPTS
+
 import functools
 import importlib
 import math
@@ -9,7 +11,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-from records import SCRIPTS, checked_latex, grid_scores, read_file
+from records import checked_latex, grid_scores, read_file
 from tabulate import tabulate
 
 from train_utils import atomic_write
@@ -241,7 +243,7 @@ def summary(run):
 def script_defaults(script):
     """The flags one of this project's train scripts takes when given none (what a run recorded
     before a flag existed ran with); {} for any other name."""
-    if script not in SCRIPTS or script == 'gridsearch.py':
+    if script not in RUN_SCRIPTS or script == 'gridsearch.py':
         return {}
     return vars(importlib.import_module(script.removesuffix('.py')).build_parser().parse_args([]))
 
