@@ -8,12 +8,12 @@ slows all alike.
     python benchmark.py --profile                 # where the NumPy ConvNet step spends its time
 """
 
-import quiet_start  # noqa: F401 (first: see its docstring)
+from quiet_start import interrupt, stop_signals, stopped  # (first: see its docstring)
 
 import contextlib
+import logging
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +22,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Measurement, Timer
 
 import cifar10_utils
 import convnet_numpy
@@ -32,7 +31,7 @@ import train_convnet_numpy
 import train_convnet_pytorch as convnet_script
 import train_mlp_numpy
 import train_mlp_pytorch
-from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file, stopped
+from command_line import ArgumentParser, output_file
 from convnet_pytorch import ConvNet
 from modules import Conv2dModule, CrossEntropyModule, LinearModule
 from train_utils import select_device, write_json
@@ -61,6 +60,11 @@ print(time.perf_counter() - start)"""
 def compare(fns, rounds, min_run_time):
     """Median seconds per call of each fn() of fns {name: fn}: Timer.blocked_autorange (which
     warms up first) in `rounds` rounds that run the fns in turn, reversed every other round."""
+    # torch.utils.benchmark imports cpp_extension, which warns on a machine with CUDA's compiler
+    # and no GPU (nothing here compiles); imported here, --help and a bad flag stay quiet too.
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
+    from torch.utils.benchmark import Measurement, Timer
+
     threads = torch.get_num_threads()  # Timer's default is 1 thread
     timers = {n: Timer('fn()', globals={'fn': fn}, num_threads=threads) for n, fn in fns.items()}
     runs = {name: [] for name in fns}
@@ -397,17 +401,17 @@ def main(argv=None):
     folder = os.path.dirname(os.path.abspath(args.out or '.'))
     if args.out and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         p.error(f'--out {args.out}: its folder does not exist or cannot be written to.')
-    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
-    try:
-        return profile_convnet_numpy() if args.profile else benchmark(args)
-    except KeyboardInterrupt as e:
-        return stopped('benchmark.py', e, '; nothing was written.')
-    except OSError as e:
-        print(f'benchmark.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr)
-        return 1
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_signals(interrupt):
+        try:
+            return profile_convnet_numpy() if args.profile else benchmark(args)
+        except KeyboardInterrupt as e:
+            return stopped('benchmark.py', e, '; nothing was written.')
+        except OSError as e:
+            print(
+                f'benchmark.py: error: could not write {e.filename} ({e.strerror}).',
+                file=sys.stderr,
+            )
+            return 1
 
 
 def benchmark(args):

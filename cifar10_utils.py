@@ -95,6 +95,8 @@ def load_batch(path):
             'Delete it and download the data again.'
         ) from None
     try:
+        if isinstance(batch, dict):  # Python 2 wrote the keys as str; a batch re-saved by 3, bytes
+            batch = {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data, labels = batch['data'], batch['labels']
         # a flat list of ints (NumPy would walk a list of lists that share themselves, 2**45
         # of them in a small file, for hours)
@@ -194,10 +196,17 @@ def download_cifar10(data_dir, url=None, md5=None):
         except (tarfile.TarError, EOFError, OSError) as e:
             raise CIFAR10Error(f'Could not extract the archive from {url} ({e}).') from None
         extracted = os.path.join(tmp, ARCHIVE_FOLDER)
-        missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(extracted, n))]
+        missing = [  # real files in a real folder: a link would dangle once tmp is gone
+            n
+            for n in BATCH_FILES
+            if os.path.islink(extracted)
+            or os.path.islink(os.path.join(extracted, n))
+            or not os.path.isfile(os.path.join(extracted, n))
+        ]
         if missing:
             raise CIFAR10Error(
-                f'The archive from {url} lacks {", ".join(missing)} under {ARCHIVE_FOLDER}/.'
+                f'The archive from {url} lacks {", ".join(missing)} under {ARCHIVE_FOLDER}/ '
+                '(as files: links are not followed).'
             )
         if os.path.isdir(data_dir):
             os.rmdir(data_dir)  # empty (ensure_cifar10 checked): the extracted folder replaces it
@@ -264,8 +273,8 @@ class DataSet:
         batch has batch_size examples), then the order is reshuffled and epochs_completed grows."""
         if not 0 < batch_size <= self.num_examples:
             raise ValueError(
-                f'batch_size must be between 1 and the {self.num_examples} '
-                f'examples of this set, got {batch_size}.'
+                f'batch_size must be between 1 and the number of examples, '
+                f'{self.num_examples}, got {batch_size}.'
             )
         start = self._index_in_epoch
         if start + batch_size > self.num_examples:
@@ -346,8 +355,14 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         raise ValueError(f'validation_size must be an integer, got {validation_size!r}.')
     data_dir = ensure_cifar10(data_dir or default_data_dir(), download)
     raw, labels = zip(*(load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES))
-    raw, labels = np.concatenate(raw), np.concatenate(labels)  # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))
+    for name, batch in zip(TRAIN_FILES, raw):  # (a copy made to fill a gap; 10 ms a batch)
+        if len(batch) and np.array_equal(batch, test_x):
+            raise CIFAR10Error(
+                f'In {data_dir}, {name} holds the images of test_batch: a test accuracy after '
+                'training on them would mean nothing. Put the real batch file there.'
+            )
+    raw, labels = np.concatenate(raw), np.concatenate(labels)  # uint8 (N, 3, 32, 32), int64 (N,)
     for images, files in ((raw, 'data_batch_1..5 hold'), (test_x, 'test_batch holds')):
         if not len(images):  # nothing to train on or to evaluate
             raise CIFAR10Error(

@@ -2,7 +2,7 @@
 status 2), the flags every script has, presets, and cli(), which turns what a user can cause
 into one sentence and an exit status."""
 
-from quiet_start import STOP_SIGNALS
+from quiet_start import interrupt, stop_signals
 
 import argparse
 import contextlib
@@ -78,6 +78,26 @@ def hidden_units(text):
         raise FlagError(
             f'expected comma-separated positive integers such as 100 or 500,500, got {text!r}'
         ) from None
+
+
+def comma_list(convert):
+    def parse(text):
+        return [convert(part.strip()) for part in text.split(',')]
+
+    parse.__name__ = f'comma-separated {convert.__name__}'  # argparse: "invalid NAME value"
+    return parse
+
+
+def architectures(text):
+    """'100,100;1000' -> [[100, 100], [1000]]; an empty architecture ('100;;10') is refused
+    (the MLP scripts spell a network without hidden layers --dnn_hidden_units '')."""
+    parts = text.split(';')
+    if not all(part.strip() for part in parts):
+        raise FlagError(
+            f'expected architectures separated by ";", none of them empty, such as '
+            f'100,100;1000, got {text!r}'
+        )
+    return [hidden_units(part) for part in parts]
 
 
 def hidden_layers(value):
@@ -368,6 +388,17 @@ def check_batch_statistics(batchnorm, batch_size):
         )
 
 
+def check_batch_size(batch_size, train_set, validation_size):
+    """ValueError when a batch would be larger than the training set (what --validation_size
+    leaves of it): said as the data is loaded, before the first step."""
+    if batch_size > train_set.num_examples:
+        left = f' left by --validation_size {validation_size}' if validation_size else ''
+        raise ValueError(
+            f'--batch_size {batch_size} is more than the {train_set.num_examples} training '
+            f'images{left}; choose a smaller one.'
+        )
+
+
 def parse_with_preset(parser, argv, presets):
     """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
     preset = parser.parse_known_args(argv)[0].preset
@@ -406,20 +437,6 @@ def flags_to_argv(flags):
     return argv
 
 
-def interrupt(signum, frame):
-    """A signal handler: signal signum stops the script as Ctrl-C would, KeyboardInterrupt(signum)
-    saying which."""
-    raise KeyboardInterrupt(signum)
-
-
-def stopped(prog, interruption, then='.'):
-    """Says which signal stopped prog (interrupt()'s KeyboardInterrupt names it; Ctrl-C's own
-    names none), then `then`; prog's exit status, 128 + its number."""
-    signum = interruption.args[0] if interruption.args else signal.SIGINT
-    print(f'{prog}: stopped by {signal.Signals(signum).name}{then}', file=sys.stderr)
-    return 128 + signum
-
-
 def cli(train, args):
     """train(**vars(args)); what a user can cause becomes one line and an exit status: 2 a bad
     value, 1 missing data, a diverged run, a failed write or too little memory, 130 Ctrl-C,
@@ -428,33 +445,30 @@ def cli(train, args):
     from cifar10_utils import CIFAR10Error
 
     prog = os.path.basename(sys.argv[0])
-    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
-    try:
-        metrics = train(**vars(args))
-    except (ValueError, CIFAR10Error, FloatingPointError) as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1
-    except OSError as e:  # a write: a full disk, the run's folder made read-only or deleted
-        print(
-            f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
-            'there: free some space or choose another --out_dir.',
-            file=sys.stderr,
-        )
-        return 1
-    except MemoryError:
-        print(
-            f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
-            'network needs less.',
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt as e:
-        if not hasattr(e, 'signal'):  # else the run has said what it saved
-            print('Interrupted before the first step; nothing was saved.', file=sys.stderr)
-        return 128 + getattr(e, 'signal', e.args[0] if e.args else signal.SIGINT)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_signals(interrupt):
+        try:
+            metrics = train(**vars(args))
+        except (ValueError, CIFAR10Error, FloatingPointError) as e:
+            print(f'{prog}: error: {e}', file=sys.stderr)
+            return 2 if isinstance(e, ValueError) else 1
+        except OSError as e:  # a write: a full disk, the run's folder made read-only or deleted
+            print(
+                f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
+                'there: free some space or choose another --out_dir.',
+                file=sys.stderr,
+            )
+            return 1
+        except MemoryError:
+            print(
+                f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
+                'network needs less.',
+                file=sys.stderr,
+            )
+            return 1
+        except KeyboardInterrupt as e:
+            if not hasattr(e, 'signal'):  # else the run has said what it saved
+                print('Interrupted before the first step; nothing was saved.', file=sys.stderr)
+            return 128 + getattr(e, 'signal', e.args[0] if e.args else signal.SIGINT)
     print(
         f'final test accuracy {metrics["final_test_accuracy"]:.4f} '
         f'({metrics["wall_seconds"]:.1f} s); metrics and curves in {metrics["out_dir"]}'

@@ -12,7 +12,7 @@ on the whole training set and tested once. Writes to --out_dir: cv_results.csv, 
 results.tex, heatmap.png and best.json.
 """
 
-import quiet_start  # noqa: F401 (first: see its docstring)
+from quiet_start import STOP_SIGNALS, stop_signals  # (first: see its docstring)
 
 import contextlib
 import csv
@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 import cifar10_utils
 from command_line import (
     FLOAT32_MAX,
-    STOP_SIGNALS,
     ArgumentParser,
-    FlagError,
-    hidden_units,
+    architectures,
+    check_batch_statistics,
+    comma_list,
     non_negative_int,
     positive_int,
     read_json,
@@ -129,10 +129,12 @@ def make_net(max_epochs, device, seed):
     """mlp_pytorch.MLP as a scikit-learn classifier; the grid overrides its settings."""
 
     class Seed(Callback):  # a local class pickles by value: Dask workers lack this file
-        """Seeds every fit, so that a setting's score does not depend on where it ran."""
+        """Seeds every fit before it draws its weights (skorch initializes the callbacks, then
+        the module), so that a setting's score does not depend on where it ran."""
 
-        def on_train_begin(self, net, **kwargs):
+        def initialize(self):
             torch.manual_seed(seed)
+            return super().initialize()
 
     return NeuralNetClassifier(
         MLP,
@@ -146,10 +148,29 @@ def make_net(max_epochs, device, seed):
         max_epochs=max_epochs,
         train_split=None,  # the fold left out validates: train on all of the rest
         iterator_train__shuffle=True,
+        iterator_train__drop_last=True,  # as the train scripts: every batch has batch_size
         device=device,
         verbose=0,
         callbacks=[Seed()],
     )
+
+
+def check_folds(folds, y, batch_size, subsampled):
+    """ValueError unless the stratified folds of labels y give every fold an image of each
+    class and every fit at least one batch of batch_size (the largest)."""
+    cv, fewest = folds.get_n_splits(), np.bincount(y, minlength=cifar10_utils.N_CLASSES).min()
+    more = '; a larger --subsample has more' if subsampled else ''
+    if fewest < cv:
+        raise ValueError(
+            f'{cv}-fold cross-validation needs {cv} images of each class, and the {len(y)} '
+            f'images searched have {fewest} of one{more}.'
+        )
+    smallest = min(len(train) for train, _ in folds.split(y, y))  # what a fit trains on
+    if batch_size > smallest:
+        raise ValueError(
+            f'batch size {batch_size} is more than the {smallest} images a fit trains on '
+            f'({cv - 1} of {cv} folds of {len(y)}){more}.'
+        )
 
 
 def connect(scheduler):
@@ -170,6 +191,8 @@ def connect(scheduler):
     thread = threading.Thread(target=attempt, daemon=True)
     thread.start()
     thread.join(CONNECT_SECONDS + 5)
+    if isinstance(outcome.get('error'), ValueError):  # distributed's parse of the address
+        raise ValueError(f'--scheduler {scheduler} is not an address such as tcp://HOST:8786.')
     if 'client' not in outcome:
         why = type(outcome.get('error', TimeoutError())).__name__
         raise ValueError(
@@ -194,26 +217,6 @@ def connect(scheduler):
             file=sys.stderr,
         )
     return client
-
-
-def comma_list(convert):
-    def parse(text):
-        return [convert(part.strip()) for part in text.split(',')]
-
-    parse.__name__ = f'comma-separated {convert.__name__}'  # argparse: "invalid NAME value"
-    return parse
-
-
-def architectures(text):
-    """'100,100;1000' -> [[100, 100], [1000]]; an empty architecture ('100;;10') is refused
-    (the MLP scripts spell a network without hidden layers --dnn_hidden_units '')."""
-    parts = text.split(';')
-    if not all(part.strip() for part in parts):
-        raise FlagError(
-            f'expected architectures separated by ";", none of them empty, such as '
-            f'100,100;1000, got {text!r}'
-        )
-    return [hidden_units(part) for part in parts]
 
 
 def build_parser():
@@ -337,20 +340,17 @@ def main(argv=None):
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
     # From here a signal raises Interrupted: the fits stop, the claim is given up, and no
     # result is written (search holds signals off while it writes them).
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    try:  # the folder is this search's until it ends: a second one on it is refused
-        with ClaimedFolder(out_dir, args.overwrite):
-            return search(args, out_dir, argv)
-    except ValueError as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
-        return 2
-    except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
-        get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
-        print('Interrupted; no results were written.', file=sys.stderr)
-        return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_signals(stop):
+        try:  # the folder is this search's until it ends: a second one on it is refused
+            with ClaimedFolder(out_dir, args.overwrite):
+                return search(args, out_dir, argv)
+        except ValueError as e:
+            print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+            return 2
+        except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
+            get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
+            print('Interrupted; no results were written.', file=sys.stderr)
+            return 128 + (e.args[0] if isinstance(e, Interrupted) else signal.SIGINT)
 
 
 def search(args, out_dir, argv):
@@ -360,6 +360,8 @@ def search(args, out_dir, argv):
         grid = build_grid(args)
         if args.cv < 2:
             raise ValueError(f'--cv must be at least 2, got {args.cv}.')
+        for batchnorm in grid.get('batchnorm', []):
+            check_batch_statistics(batchnorm, min(grid['batch_size']))
         n = args.subsample
         if n is not None and n < 10 * args.cv:  # each fold needs an image of each class
             raise ValueError(
@@ -367,7 +369,6 @@ def search(args, out_dir, argv):
                 f'needs {args.cv} images of each of the 10 classes, so at least '
                 f'{10 * args.cv}.'
             )
-
         data = cifar10_utils.get_cifar10(
             args.data_dir, one_hot=False, seed=args.seed, validation_size=args.validation_size
         )
@@ -380,6 +381,8 @@ def search(args, out_dir, argv):
                 np.arange(len(y)), train_size=n, stratify=y, random_state=args.seed
             )
             x, y = x[np.sort(keep)], y[np.sort(keep)]
+        folds = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
+        check_folds(folds, y, max(grid['batch_size']), bool(n))
         device = str(select_device(args.device))
         cluster = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
 
@@ -394,7 +397,7 @@ def search(args, out_dir, argv):
             scoring='accuracy',
             refit=False,
             error_score='raise',
-            cv=StratifiedKFold(args.cv, shuffle=True, random_state=args.seed),
+            cv=folds,
             n_jobs=-1 if args.scheduler else min(args.n_jobs, fits),
         )  # no idlers
         # joblib calls print_progress after each fit, wherever it ran: patched, it moves the bar.

@@ -1,9 +1,10 @@
-"""Imported first by each script, before the libraries that take a second to load: until the
-script's own handlers take over (command_line.cli, gridsearch.main), Ctrl-C, SIGTERM or another
+"""The stop signals. Imported first by each script, before the libraries that take a second
+to load: until the script's own handlers take over (stop_signals), Ctrl-C, SIGTERM or another
 of STOP_SIGNALS ends it with one sentence and status 128 + the signal's number, not a
-traceback from inside `import torch`. Only when a script runs: importing one (as the tests do)
-changes nothing."""
+traceback from inside `import torch`, and once they hand back, one that says the script was
+exiting. Only when a script runs: importing one (as the tests do) changes nothing."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -38,13 +39,52 @@ SCRIPTS = (
 )
 
 
+_when = 'while starting; nothing was done'
+
+
 def _stop(signum, frame):
+    for stream in (sys.stdout, sys.stderr):  # what the script printed, which os._exit would drop
+        try:
+            stream.flush()
+        except (OSError, ValueError, RuntimeError):  # closed, or a print this signal interrupted
+            pass
     name = signal.Signals(signum).name
-    print(
-        f'{os.path.basename(sys.argv[0])}: stopped by {name} while starting; nothing was done.',
-        file=sys.stderr,
-    )
+    print(f'{os.path.basename(sys.argv[0])}: stopped by {name} {_when}.', file=sys.stderr)
     os._exit(128 + signum)
+
+
+def exiting():
+    """The script's own handlers are done (stop_signals): a stop signal from here
+    on comes as the script exits, when everything it wrote is whole, and says so."""
+    global _when
+    _when = 'as it exited; everything it wrote is whole'
+
+
+def interrupt(signum, frame):
+    """A signal handler: signal signum stops the script as Ctrl-C would, KeyboardInterrupt(signum)
+    saying which."""
+    raise KeyboardInterrupt(signum)
+
+
+@contextlib.contextmanager
+def stop_signals(handler):
+    """Inside the block each of STOP_SIGNALS calls handler(signum, frame); after it, the handlers
+    from before, which exiting() has told that the script is ending."""
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        exiting()
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def stopped(prog, interruption, then='.'):
+    """Says which signal stopped prog (interrupt()'s KeyboardInterrupt names it; Ctrl-C's own
+    names none), then `then`; prog's exit status, 128 + its number."""
+    signum = interruption.args[0] if interruption.args else signal.SIGINT
+    print(f'{prog}: stopped by {signal.Signals(signum).name}{then}', file=sys.stderr)
+    return 128 + signum
 
 
 if os.path.basename(sys.argv[0]) in SCRIPTS:

@@ -2,6 +2,8 @@
 checkpoint's record checked on reading, the step and folder the run resumes at, and the
 metrics and best checkpoint it carries along."""
 
+import math
+import numbers
 import os
 
 from command_line import check_arguments, read_json
@@ -66,14 +68,38 @@ def check_is_file(path):
         raise ValueError(f'{path} is not a checkpoint file.')
 
 
-# What a checkpoint's metrics must hold for continue_run, by type.
-SAVED_METRICS = {
-    'started': str,
-    'steps': list,
-    'train_loss': list,
-    'eval_steps': list,
-    'wall_seconds': (int, float),
-}
+def is_number(value):
+    """A finite real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def carried_metrics_problem(metrics, split):
+    """What is wrong with the metrics a checkpoint carries (continue_run copies them into the
+    resumed run), or None: the curves lists of finite numbers that pair up, the accuracies
+    numbers or None, 'started' a string and 'wall_seconds' at least 0."""
+    curves = ('steps', 'train_loss', 'eval_steps', f'{split}_loss', f'{split}_accuracy')
+    if not isinstance(metrics, dict):
+        return 'metrics that are not a record'
+    if bad := [k for k in curves if not isinstance(metrics.get(k), list)]:
+        return f'no list {bad[0]!r} in its metrics'
+    if bad := [k for k in curves if not all(map(is_number, metrics[k]))]:
+        return f'a value that is not a finite number in {bad[0]!r}'
+    lengths = [len(metrics[k]) for k in curves]
+    if lengths[0] != lengths[1] or len(set(lengths[2:])) != 1:
+        return 'curves of unequal lengths'
+    if bad := [
+        k
+        for k in (f'final_{split}_accuracy', f'best_{split}_accuracy')
+        if not (metrics.get(k) is None or is_number(metrics[k]))
+    ]:
+        return f'{bad[0]!r} that is not a number'
+    if not isinstance(metrics.get('started'), str):
+        return "no 'started' time"
+    if not (is_number(metrics.get('wall_seconds')) and metrics['wall_seconds'] >= 0):
+        return 'a wall time that is not a number of seconds'
+    if not isinstance(metrics.get('resumed', []), list):
+        return "a 'resumed' that is not a list"
+    return None
 
 
 def check_record(path, flags, step, metrics, parser):
@@ -87,24 +113,62 @@ def check_record(path, flags, step, metrics, parser):
         problem = 'flags this script does not take'
     elif not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
         problem = f'a step count that is not a whole number ({step!r})'
-    elif not (
-        isinstance(metrics, dict)
-        and all(isinstance(metrics.get(k), kind) for k, kind in SAVED_METRICS.items())
-    ):
-        problem = 'metrics a run cannot go on from'
     else:
         try:
             check_arguments(parser, flags)
         except ValueError as e:
             problem = f'a flag this script refuses ({e})'
+        else:
+            split = 'validation' if flags.get('validation_size') else 'test'
+            problem = carried_metrics_problem(metrics, split)
     if problem:
         raise ValueError(f'{path} is not a checkpoint of this script: it holds {problem}.')
 
 
-def continue_run(run, saved_metrics, resume, saved_step, best_name):
+# Settings of an optimizer or schedule state by name: rates and decays at least 0, momenta
+# in [0, 1), as the flags bound them.
+AT_LEAST_0 = {'lr', 'initial_lr', 'max_lr', 'min_lr', 'weight_decay', 'eps', 't', 'step'}
+BELOW_1 = {'momentum', 'betas', 'max_momentum', 'base_momentum', 'dampening'}
+
+
+def has_form(saved, fresh, name=None):
+    """Whether saved, a state read from a checkpoint, has the form of fresh, the state this
+    run's own optimizer or schedule has now: the same keys and lengths, the same strings,
+    switches and Nones, and finite numbers where fresh has numbers, in range by name."""
+    if isinstance(fresh, dict):
+        return (
+            isinstance(saved, dict)
+            and saved.keys() == fresh.keys()
+            and all(has_form(saved[k], fresh[k], k) for k in fresh)
+        )
+    if isinstance(fresh, (list, tuple)):
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(fresh)
+            and all(has_form(s, f, name) for s, f in zip(saved, fresh))
+        )
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return saved is fresh or (isinstance(fresh, str) and saved == fresh)
+    if isinstance(fresh, numbers.Real):
+        return (
+            is_number(saved)
+            and (name not in AT_LEAST_0 or saved >= 0)
+            and (name not in BELOW_1 or 0 <= saved < 1)
+        )
+    return type(saved) is type(fresh)  # a tensor: torch's load_state_dict checks its shape
+
+
+def check_state(path, saved, fresh, what):
+    """ValueError of one sentence unless saved has the form of fresh (has_form)."""
+    if not has_form(saved, fresh):
+        raise ValueError(f'{path} holds {what} state that this run cannot go on from.')
+
+
+def continue_run(run, saved_metrics, resume, saved_step, best_name, last_name):
     """Carries a resumed run's metrics (one run, one metrics.json, across interruptions) and,
     when it goes on in a new folder, the best checkpoint so far (best_name), which the end of
-    a validation run tests."""
+    a validation run tests, and, when no step is left to save one, the checkpoint itself as
+    the last (last_name)."""
     split = run.metrics['eval_split']
     for key in (
         'started',
@@ -124,5 +188,8 @@ def continue_run(run, saved_metrics, resume, saved_step, best_name):
     run.started -= saved_metrics['wall_seconds']
     folder = os.path.dirname(os.path.abspath(resume))
     best = os.path.join(folder, best_name)
-    if os.path.abspath(run.out_dir) != folder and os.path.exists(best):
-        run.carried = (best, best_name)  # copied once the run holds its folder (__enter__)
+    if os.path.abspath(run.out_dir) != folder:  # copied once the run holds its folder
+        if os.path.exists(best):
+            run.carried.append((best, best_name))
+        if saved_step == run.metrics['flags']['max_steps']:
+            run.carried.append((resume, last_name))

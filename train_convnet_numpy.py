@@ -24,13 +24,14 @@ import optimizers
 from command_line import (
     add_convnet_flags,
     check_arguments,
+    check_batch_size,
     cli,
     make_parser,
     resume_defaults,
 )
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
-from resume import check_is_file, check_record, continue_run, resume_point
+from resume import check_is_file, check_record, check_state, continue_run, resume_point
 from train_utils import (
     Run,
     atomic_write,
@@ -173,6 +174,10 @@ def load_checkpoint(path, state, model, optimizer, schedule, train_set):
     optimizer_arrays = {
         k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)
     }
+    own = {k: v for k, v in optimizer.state_dict().items() if not isinstance(v, np.ndarray)}
+    check_state(path, record.get('optimizer'), own, 'an optimizer')
+    if schedule is not None:
+        check_state(path, record.get('schedule'), schedule.state_dict(), 'a schedule')
     try:
         load_model(arrays, model)
         optimizer.load_state_dict({**record['optimizer'], **optimizer_arrays})
@@ -229,10 +234,11 @@ def train(
         data_dir, one_hot=True, seed=seed, validation_size=validation_size
     )
     train_set, eval_set = data['train'], data[split]
+    check_batch_size(batch_size, train_set, validation_size)
     loss_module = CrossEntropyModule()
     if state is not None:  # one run, one metrics.json, across interruptions
         load_checkpoint(resume, state, model, opt, schedule, train_set)
-        continue_run(run, state['record']['metrics'], resume, start - 1, 'best.npz')
+        continue_run(run, state['record']['metrics'], resume, start - 1, 'best.npz', 'last.npz')
 
     # A diverging run overflows on its way to a NaN loss, which the run reports.
     with run, np.errstate(over='ignore', invalid='ignore'):

@@ -26,13 +26,21 @@ import cifar10_utils
 from command_line import (
     add_convnet_flags,
     check_arguments,
+    check_batch_size,
     cli,
     make_parser,
     parse_with_preset,
     resume_defaults,
 )
 from convnet_pytorch import ConvNet
-from resume import check_is_file, check_record, continue_run, resume_point
+from resume import (
+    check_is_file,
+    check_record,
+    check_state,
+    continue_run,
+    has_form,
+    resume_point,
+)
 from train_utils import (
     Run,
     atomic_write,
@@ -215,9 +223,35 @@ def save_checkpoint(path, step, flags, run, model, optimizer, schedule, scaler, 
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def check_optimizer_state(path, saved, optimizer):
+    """ValueError unless saved, a checkpoint's optimizer state, can go on in optimizer: its
+    settings of the form optimizer has (resume.has_form), its moments tensors of the shapes
+    of their parameters (and a one-number step). torch would take others and fail mid-run."""
+    params = [p for group in optimizer.param_groups for p in group['params']]
+    if not (
+        isinstance(saved, dict)
+        and has_form(saved.get('param_groups'), optimizer.state_dict()['param_groups'])
+        and isinstance(saved.get('state'), dict)
+        and all(
+            isinstance(i, int)
+            and 0 <= i < len(params)
+            and isinstance(moments, dict)
+            and all(
+                isinstance(t, torch.Tensor) and (t.numel() == 1 or t.shape == params[i].shape)
+                for t in moments.values()
+            )
+            for i, moments in saved['state'].items()
+        )
+    ):
+        raise ValueError(f'{path} holds an optimizer state that this run cannot go on from.')
+
+
 def load_checkpoint(path, state, model, optimizer, schedule, scaler, train_set):
     """Puts a read_checkpoint() state back into the model, optimizer, schedule, loss scaler,
     batch order and torch's random numbers; ValueError when it does not fit them."""
+    check_optimizer_state(path, state['optimizer'], optimizer)
+    if schedule is not None:
+        check_state(path, state['scheduler'], schedule.state_dict(), 'a schedule')
     try:
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
@@ -290,11 +324,12 @@ def train(
         data_dir, one_hot=False, seed=seed, validation_size=validation_size
     )
     train_set, eval_set = data['train'], data[split]
+    check_batch_size(batch_size, train_set, validation_size)
     evaluate_on = partial(evaluate, model, device=dev, amp_dtype=amp_dtype, flip=flip_test)
 
     if state is not None:  # one run, one metrics.json, across interruptions
         load_checkpoint(resume, state, model, opt, schedule, scaler, train_set)
-        continue_run(run, state['metrics'], resume, start - 1, 'best.pt')
+        continue_run(run, state['metrics'], resume, start - 1, 'best.pt', 'last.pt')
 
     with run:
         for step in range(start, max_steps + 1):

@@ -18,6 +18,7 @@ import optimizers
 from command_line import (
     add_mlp_flags,
     check_arguments,
+    check_batch_size,
     check_batch_statistics,
     check_memory,
     cli,
@@ -163,6 +164,7 @@ def train(
         data_dir, one_hot=True, seed=seed, validation_size=validation_size
     )
     train_set = data['train']
+    check_batch_size(batch_size, train_set, validation_size)
     x_eval, y_eval = data[split].images.reshape(data[split].num_examples, -1), data[split].labels
     loss_module = CrossEntropyModule()
 

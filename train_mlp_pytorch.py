@@ -18,6 +18,7 @@ import cifar10_utils
 from command_line import (
     add_mlp_flags,
     check_arguments,
+    check_batch_size,
     check_batch_statistics,
     check_memory,
     cli,
@@ -168,6 +169,7 @@ def train(
         data_dir, one_hot=False, seed=seed, validation_size=validation_size
     )
     train_set, eval_set = data['train'], data[split]
+    check_batch_size(batch_size, train_set, validation_size)
 
     with run:
         run.metrics['device'] = str(dev)

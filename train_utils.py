@@ -1,6 +1,8 @@
 """Chores the train scripts share, none of them the lesson: device choice, the run folder
 (metrics.json, curves.png), the progress bar, Ctrl-C and SIGTERM."""
 
+from quiet_start import STOP_SIGNALS
+
 import contextlib
 import fcntl
 import json
@@ -19,7 +21,7 @@ from datetime import datetime
 import numpy as np
 from tqdm.auto import tqdm
 
-from command_line import STOP_SIGNALS, flags_to_argv
+from command_line import flags_to_argv
 
 # The longest path (less room for the files in it) and file name the system takes.
 PATH_MAX, NAME_MAX = os.pathconf('/', 'PC_PATH_MAX'), os.pathconf('/', 'PC_NAME_MAX')
@@ -71,7 +73,7 @@ class Run:
         self.out_dir, self.made = out_dir, False  # made at the first write (see path)
         self.replaces = overwrite and start_step == 1  # a new run over the folder's old one
         self.stop_requested, self.signal = False, signal.SIGINT
-        self.carried = None  # (best checkpoint, its name) that a resumed run brings along
+        self.carried = []  # (checkpoint, its name here): what a resumed run brings along
         self.at_once = self.saving = False  # what a signal does now (see _on_signal)
         self.started = time.perf_counter()
         versions = {
@@ -194,14 +196,13 @@ class Run:
             for name in RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.out_dir, name))
-        if self.carried:  # a resumed run's best checkpoint, into its new folder
-            source, name = self.carried
-            try:
-                with open(source, 'rb') as best:
-                    atomic_write(self.path(name), lambda f: shutil.copyfileobj(best, f))
-            except BaseException:
-                self._release()
-                raise
+        try:  # a resumed run's checkpoints, into its new folder
+            for source, name in self.carried:
+                with open(source, 'rb') as checkpoint:
+                    atomic_write(self.path(name), lambda f: shutil.copyfileobj(checkpoint, f))
+        except BaseException:
+            self._release()
+            raise
         self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}

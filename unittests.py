@@ -7,9 +7,8 @@ NumPy modules: a check passes when the largest elementwise relative error
 the manual function, and agreement with torch.nn.BatchNorm1d to 1e-8.
 """
 
-import quiet_start  # noqa: F401 (first: see its docstring)
+from quiet_start import interrupt, stop_signals, stopped  # (first: see its docstring)
 
-import signal
 import sys
 import unittest
 
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from command_line import STOP_SIGNALS, interrupt, stopped
 from convnet_numpy import ConvNet
 from custom_batchnorm import (
     CustomBatchNormAutograd,
@@ -469,10 +467,31 @@ class TestCustomBatchNorm(unittest.TestCase):
                     self.assertLess((got - want).abs().max().item(), 1e-8)
 
 
+class Checks(unittest.TestProgram):
+    """unittest's command line, its two quiet cases said in one sentence: a name that is no
+    check here (unittest runs it as a failing test) and -k patterns that match none (it runs
+    nothing and passes); exit status 2 and 5, as pytest's."""
+
+    def runTests(self):
+        if unknown := [n for n in self.testNames or [] if not is_check(n)]:
+            print(f'unittests.py: error: no check is named {", ".join(unknown)}.', file=sys.stderr)
+            sys.exit(2)
+        if self.test.countTestCases() == 0:
+            print('unittests.py: error: no check matches the -k patterns.', file=sys.stderr)
+            sys.exit(5)
+        super().runTests()
+
+
+def is_check(name):
+    """Whether name (a class, or class.method) names checks of this file."""
+    loader = unittest.TestLoader()
+    loader.loadTestsFromName(name, sys.modules[__name__])
+    return not loader.errors
+
+
 if __name__ == '__main__':
-    for stop in STOP_SIGNALS:  # each stops the checks as Ctrl-C does, in one sentence
-        signal.signal(stop, interrupt)
-    try:
-        unittest.main()
-    except KeyboardInterrupt as e:
-        sys.exit(stopped('unittests.py', e))
+    with stop_signals(interrupt):  # each stops the checks as Ctrl-C does, in one sentence
+        try:
+            Checks()
+        except KeyboardInterrupt as e:
+            sys.exit(stopped('unittests.py', e))

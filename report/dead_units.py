@@ -16,9 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-import quiet_start  # noqa: E402, F401 (first: see its docstring)
-
-import signal  # noqa: E402
+from quiet_start import interrupt, stop_signals, stopped  # noqa: E402 (first: see its docstring)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -26,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import cifar10_utils  # noqa: E402
-from command_line import STOP_SIGNALS, ArgumentParser, interrupt, output_file, stopped  # noqa: E402
+from command_line import ArgumentParser, output_file  # noqa: E402
 from mlp_pytorch import MLP  # noqa: E402
 from train_utils import write_json  # noqa: E402
 
@@ -125,28 +123,26 @@ def main(argv=None):
     p.add_argument('--out', default=OUT, type=output_file, help='the JSON file to write')
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
-    try:
-        measure(args.data_dir, os.path.abspath(args.out))
-    except cifar10_utils.CIFAR10Error as e:
-        print(f'dead_units.py: error: {e}', file=sys.stderr)
-        return 1
-    except ValueError as e:  # scikit-learn's: a class too small for the stratified subsample
-        print(
-            f"dead_units.py: error: the data cannot give the grid's subsample ({e})",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as e:
-        print(
-            f'dead_units.py: error: could not write {e.filename} ({e.strerror}).', file=sys.stderr
-        )
-        return 1
-    except KeyboardInterrupt as e:
-        return stopped('dead_units.py', e, '; nothing was written.')
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_signals(interrupt):
+        try:
+            measure(args.data_dir, os.path.abspath(args.out))
+        except cifar10_utils.CIFAR10Error as e:
+            print(f'dead_units.py: error: {e}', file=sys.stderr)
+            return 1
+        except ValueError as e:  # scikit-learn's: a class too small for the stratified subsample
+            print(
+                f"dead_units.py: error: the data cannot give the grid's subsample ({e})",
+                file=sys.stderr,
+            )
+            return 1
+        except OSError as e:
+            print(
+                f'dead_units.py: error: could not write {e.filename} ({e.strerror}).',
+                file=sys.stderr,
+            )
+            return 1
+        except KeyboardInterrupt as e:
+            return stopped('dead_units.py', e, '; nothing was written.')
     return 0
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 REPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(REPORT_DIR)
+LATEX_SECONDS = 300  # a pass: it takes seconds, but a crafted table can keep TeX busy for ever
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from quiet_start import RUN_SCRIPTS, STOP_SIGNALS  # noqa: E402 (first: see its docstring)
+from quiet_start import RUN_SCRIPTS, stop_signals  # noqa: E402 (first: see its docstring)
 
 import numpy as np  # noqa: E402
 from records import ReportError  # noqa: E402
@@ -277,6 +278,26 @@ def numpy_convnet_figure(runs, plt):
     return fig
 
 
+def run_pdflatex(build, out_dir, env):
+    """One pdflatex pass over out_dir/report.tex into the folder build, killed after
+    LATEX_SECONDS (subprocess.TimeoutExpired)."""
+    return subprocess.run(
+        [
+            'pdflatex',
+            '-interaction=nonstopmode',
+            '-halt-on-error',
+            f'-output-directory={build}',
+            'report.tex',
+        ],
+        cwd=out_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        errors='replace',
+        timeout=LATEX_SECONDS,
+    )
+
+
 def build_pdf(out_dir):
     """Builds out_dir/report.pdf from its report.tex: what to tell the user, or ReportError."""
     if not shutil.which('pdflatex'):
@@ -288,20 +309,13 @@ def build_pdf(out_dir):
     env = {'SOURCE_DATE_EPOCH': '0', **os.environ, 'FORCE_SOURCE_DATE': '1'}
     with tempfile.TemporaryDirectory() as build:  # by-products: out_dir gets a whole PDF only
         for _ in range(2):  # the second pass resolves references
-            result = subprocess.run(
-                [
-                    'pdflatex',
-                    '-interaction=nonstopmode',
-                    '-halt-on-error',
-                    f'-output-directory={build}',
-                    'report.tex',
-                ],
-                cwd=out_dir,
-                env=env,
-                capture_output=True,
-                text=True,
-                errors='replace',
-            )
+            try:
+                result = run_pdflatex(build, out_dir, env)
+            except subprocess.TimeoutExpired:  # (subprocess.run has killed it)
+                raise ReportError(
+                    f'LaTeX did not finish a pass over report.tex within {LATEX_SECONDS} s '
+                    '(one takes seconds); no report.pdf was written. Check the tables it inputs.'
+                ) from None
             if result.returncode != 0:
                 log = os.path.join(out_dir, 'report.log')
                 shutil.copyfile(os.path.join(build, 'report.log'), log)
@@ -335,105 +349,31 @@ def main(argv=None):
     )
     p.add_argument('--no-pdf', action='store_true', help='figures and tables only, no PDF')
     args = p.parse_args(argv)
-    out_dir = os.path.abspath(args.out_dir)
     stopped = []  # the signal that stopped it, even if a library swallowed its KeyboardInterrupt
 
     def stop(signum, frame):
         stopped.append(signum)
         raise KeyboardInterrupt(signum)
 
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    hook = sys.unraisablehook  # a stop raised inside a weakref callback is remembered above
-    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyboardInterrupt) else hook(u)
-    try:
-        if not args.out_dir.strip():
-            raise ReportError('--out_dir must name a folder.', 2)
-        config = load_config(args.runs)
-        if inside := [r for r in config.folders if is_within(out_dir, os.path.join(ROOT, r.path))]:
-            raise ReportError(
-                f'--out_dir {args.out_dir} is inside the run folder {inside[0].path}; '
-                'the report goes elsewhere.',
-                2,
+    with stop_signals(stop):
+        hook = sys.unraisablehook  # a stop raised inside a weakref callback is remembered above
+        sys.unraisablehook = lambda u: (
+            None if isinstance(u.exc_value, KeyboardInterrupt) else hook(u)
+        )
+        try:
+            make(args, stopped)
+        except ReportError as e:
+            print(f'make_report: error: {e}', file=sys.stderr)
+            return e.exit_code
+        except OSError as e:  # e.g. an --out_dir that cannot be written, a rerun that cannot start
+            print(
+                f'make_report: error: {e.filename or "a file"}: {e.strerror or e}.', file=sys.stderr
             )
-        written = [os.path.join(out_dir, name) for name in ('figures', 'tables')]
-        if over := [
-            r
-            for r in config.folders
-            if any(is_within(os.path.join(ROOT, r.path), w) for w in written)
-        ]:
-            raise ReportError(
-                f'--out_dir {args.out_dir} would write figures/ and tables/ over the run folder '
-                f'{over[0].path}; the report goes elsewhere.',
-                2,
-            )
-        if args.rerun is not None:
-            rerun(config, args.rerun)
-        for run in config.folders:
-            run.load()
-        check_groups(config)
-        for run in config.folders:
-            if run.missing:
-                how = run.command and f'; produce it with:\n    {shlex.join(run.rerun_command())}'
-                print(
-                    f'make_report: {"warning" if args.allow_missing else "error"}: run '
-                    f'{run.name!r} is missing ({run.problem}){how or ""}',
-                    file=sys.stderr,
-                )
-            elif run.record == 'metrics.json' and status_note(run.data):
-                print(
-                    f'make_report: warning: run {run.name!r} {status_note(run.data)}; the report '
-                    f'shows it as far as it got.',
-                    file=sys.stderr,
-                )
-        missing = sum(run.missing for run in config.folders)
-        if missing and not args.allow_missing:
-            raise ReportError(
-                f'{missing} run(s) missing; run the command(s) above (or pass '
-                f'--rerun), or --allow-missing to draw placeholders instead.'
-            )
-        records = {}  # report/dead_units.py's and benchmark.py's, None when missing
-        for key, read in (('dead_units', read_dead_units), ('benchmark', read_benchmark)):
-            try:
-                records[key] = getattr(config, key) and read(getattr(config, key))
-            except ReportError as e:
-                if not args.allow_missing:
-                    raise
-                print(f'make_report: warning: {e}', file=sys.stderr)
-                records[key] = None
-        ours, theirs = Path(REPORT_DIR, 'report.tex'), Path(out_dir, 'report.tex')
-        if not args.no_pdf and theirs.exists() and theirs.read_bytes() != ours.read_bytes():
-            raise ReportError(
-                f"--out_dir {args.out_dir} holds a report.tex that is not this report's; the "
-                'report goes elsewhere.',
-                2,
-            )
-        tables = os.path.join(out_dir, 'tables')
-        for step in (  # (a stop a library swallowed ends it between steps)
-            lambda: write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures')),
-            lambda: write_tables(config, tables),
-            lambda: write_experiment_tables(config, tables),
-            lambda: write_benchmark_table(records['benchmark'], tables),
-        ):
-            if stopped:
-                raise KeyboardInterrupt
-            step()
-        print(f'make_report: figures in {out_dir}/figures, tables in {tables}')
-        if not args.no_pdf:
-            if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it
-                write(str(theirs), ours)
-            print(f'make_report: {build_pdf(out_dir)}')
-    except ReportError as e:
-        print(f'make_report: error: {e}', file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # e.g. an --out_dir that cannot be written, a rerun that cannot start
-        print(f'make_report: error: {e.filename or "a file"}: {e.strerror or e}.', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass  # below
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        sys.unraisablehook = hook
+            return 1
+        except KeyboardInterrupt:
+            pass  # below
+        finally:
+            sys.unraisablehook = hook
     if stopped:
         print(
             f'make_report: stopped by {signal.Signals(stopped[0]).name}; the files already '
@@ -442,6 +382,87 @@ def main(argv=None):
         )
         return 128 + stopped[0]
     return 0
+
+
+def make(args, stopped):
+    """The report of main(): checks, reruns, figures, tables, then the PDF. Raises ReportError
+    for what a user can cause, KeyboardInterrupt between steps once stopped holds a signal."""
+    out_dir = os.path.abspath(args.out_dir)
+    if not args.out_dir.strip():
+        raise ReportError('--out_dir must name a folder.', 2)
+    config = load_config(args.runs)
+    if inside := [r for r in config.folders if is_within(out_dir, os.path.join(ROOT, r.path))]:
+        raise ReportError(
+            f'--out_dir {args.out_dir} is inside the run folder {inside[0].path}; '
+            'the report goes elsewhere.',
+            2,
+        )
+    written = [os.path.join(out_dir, name) for name in ('figures', 'tables')]
+    if over := [
+        r for r in config.folders if any(is_within(os.path.join(ROOT, r.path), w) for w in written)
+    ]:
+        raise ReportError(
+            f'--out_dir {args.out_dir} would write figures/ and tables/ over the run folder '
+            f'{over[0].path}; the report goes elsewhere.',
+            2,
+        )
+    if args.rerun is not None:
+        rerun(config, args.rerun)
+    for run in config.folders:
+        run.load()
+    check_groups(config)
+    for run in config.folders:
+        if run.missing:
+            how = run.command and f'; produce it with:\n    {shlex.join(run.rerun_command())}'
+            what = 'is missing' if run.problem.endswith(' not found') else 'cannot be used'
+            print(
+                f'make_report: {"warning" if args.allow_missing else "error"}: run '
+                f'{run.name!r} {what} ({run.problem}){how or ""}',
+                file=sys.stderr,
+            )
+        elif run.record == 'metrics.json' and status_note(run.data):
+            print(
+                f'make_report: warning: run {run.name!r} {status_note(run.data)}; the report '
+                f'shows it as far as it got.',
+                file=sys.stderr,
+            )
+    missing = sum(run.missing for run in config.folders)
+    if missing and not args.allow_missing:
+        raise ReportError(
+            f'{missing} run(s) missing; run the command(s) above (or pass '
+            f'--rerun), or --allow-missing to draw placeholders instead.'
+        )
+    records = {}  # report/dead_units.py's and benchmark.py's, None when missing
+    for key, read in (('dead_units', read_dead_units), ('benchmark', read_benchmark)):
+        try:
+            records[key] = getattr(config, key) and read(getattr(config, key))
+        except ReportError as e:
+            if not args.allow_missing:
+                raise
+            print(f'make_report: warning: {e}', file=sys.stderr)
+            records[key] = None
+    ours, theirs = Path(REPORT_DIR, 'report.tex'), Path(out_dir, 'report.tex')
+    if not args.no_pdf and theirs.exists() and theirs.read_bytes() != ours.read_bytes():
+        raise ReportError(
+            f"--out_dir {args.out_dir} holds a report.tex that is not this report's; the "
+            'report goes elsewhere.',
+            2,
+        )
+    tables = os.path.join(out_dir, 'tables')
+    for step in (  # (a stop a library swallowed ends it between steps)
+        lambda: write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures')),
+        lambda: write_tables(config, tables),
+        lambda: write_experiment_tables(config, tables),
+        lambda: write_benchmark_table(records['benchmark'], tables),
+    ):
+        if stopped:
+            raise KeyboardInterrupt
+        step()
+    print(f'make_report: figures in {out_dir}/figures, tables in {tables}')
+    if not args.no_pdf:
+        if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it
+            write(str(theirs), ours)
+        print(f'make_report: {build_pdf(out_dir)}')
 
 
 def is_within(path, folder):

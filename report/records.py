@@ -121,13 +121,16 @@ def shape_problem(data, record):
     numbers = [v for k in shapes if isinstance(v := data.get(k), NUMBER)]
     numbers += [data[k] for k in OPTIONAL_NUMBERS[record] if data.get(k) is not None]
     numbers += [v for values in series for v in values]
-    # (an integer past float's range breaks the plots; inf and nan are a diverged run's; true
-    # is no number, though Python's bool is an int)
-    if not all(type(v) is float or type(v) is int and abs(v) < 1e300 for v in numbers):
+    # (a number near float's limit overflows in the plots; inf and nan are a diverged run's;
+    # true is no number, though Python's bool is an int)
+    if not all(
+        abs(v) < 1e300 if type(v) is int else type(v) is float and not 1e300 <= abs(v) < math.inf
+        for v in numbers
+    ):
         return 'holds a number too large to be a result, or a result that is not a number'
-    fractions = [data.get(k) for k in FRACTIONS[record]]  # (v != v: NaN)
+    fractions = [data.get(k) for k in FRACTIONS[record]]  # (NaN too: no run writes one)
     fractions += data.get(f'{split}accuracy', []) if record == 'metrics.json' else []
-    if not all(v is None or v != v or type(v) in NUMBER and 0 <= v <= 1 for v in fractions):
+    if not all(v is None or type(v) in NUMBER and 0 <= v <= 1 for v in fractions):
         return 'holds an accuracy outside 0..1'
     if record == 'best.json' and not (
         data['cv'] >= 2 and data['n_train'] >= 1 and data['max_epochs'] >= 1
@@ -293,6 +296,9 @@ def checked_latex(path):
         if e not in ('table', 'tabular')
     ]
     wrong += [f'\\{c} without its {{...}}' for c in re.findall(r'\\(begin|end|label)(?!\{)', text)]
+    wrong += [  # tabulate's columns are r, c and l; a spec such as *{2147483647}{c} never ends
+        'a tabular whose columns are not only l, c and r'
+    ] * bool(re.search(r'\\begin\s*\{tabular\}\s*(?!\{[lcr ]+\})', text))
     wrong += ['a \\label other than the one \\label{tab:gridsearch}'] * (
         re.findall(r'\\label\{([^}]*)\}', text) != ['tab:gridsearch']
     )

@@ -158,7 +158,9 @@ def test_state_dict_resumes_the_batch_sequence(fake_cifar):
 @pytest.mark.parametrize('size', [0, -3, 201])
 def test_bad_batch_size(fake_cifar, size):
     train = get_cifar10(fake_cifar)['train']
-    with pytest.raises(ValueError, match='batch_size must be between 1 and the 200'):
+    with pytest.raises(
+        ValueError, match='batch_size must be between 1 and the number of examples, 200,'
+    ):
         train.next_batch(size)
 
 

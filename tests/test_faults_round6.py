@@ -24,7 +24,7 @@ def problem_of(name, capsys):
     """stderr's reason why run name is missing, asserting there is no traceback."""
     err = capsys.readouterr().err
     assert 'Traceback' not in err, err
-    lines = [line for line in err.splitlines() if f'run {name!r} is missing (' in line]
+    lines = [line for line in err.splitlines() if f'run {name!r} cannot be used (' in line]
     assert lines, err
     return lines[0]
 

@@ -243,8 +243,10 @@ def test_small_search_writes_every_output(fake_cifar, tmp_path, capsys):
     assert time.perf_counter() - started < 60
     best = check_outputs(out, 4)
     assert best['n_train'] == 120 and best['cv'] == 2
-    # The fake classes are separable: a working search finds a setting that learns them.
-    assert best['best_cv_score'] >= 0.8 and best['test_accuracy'] >= 0.8
+    # The fake classes are separable: a working search finds a setting that learns them (chance
+    # is 0.1; the refit's 40 test images after 2 epochs at the best rate, 0.01, score from
+    # 0.78 to 1.0 as --seed changes).
+    assert best['best_cv_score'] >= 0.8 and best['test_accuracy'] >= 0.7
     assert 'results in' in capsys.readouterr().out
 
 
@@ -304,7 +306,7 @@ def test_search_agrees_with_the_train_script(real_cifar, tmp_path):
         == 0
     )
     cv_score = json.loads((out / 'best.json').read_text())['best_cv_score']
-    steps = 5 * -(-4000 // 128)  # 5 epochs of the 4000 images of the training folds
+    steps = 5 * (4000 // 128)  # 5 epochs of the 4000 images of the training folds, whole batches
     metrics = train_mlp_pytorch.train(
         '100',
         optimizer='adam',

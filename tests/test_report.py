@@ -210,7 +210,8 @@ def test_a_broken_run_is_one_line(tmp_path, capsys, folder, name, content, probl
         path.write_text(content)
     assert make_report.main(['--runs', runs, '--out_dir', str(tmp_path / 'out'), '--no-pdf']) == 1
     err = capsys.readouterr().err
-    assert f"error: run '{folder}' is missing ({tmp_path / 'runs' / folder}/{problem})" in err
+    what = 'is missing' if problem.endswith(' not found') else 'cannot be used'
+    assert f"error: run '{folder}' {what} ({tmp_path / 'runs' / folder}/{problem})" in err
     assert 'Traceback' not in err
 
 

@@ -130,7 +130,7 @@ def test_ctrl_c_saves_the_metrics(fake_cifar, tmp_path, monkeypatch):
 
 def test_batch_larger_than_training_set(fake_cifar, tmp_path):
     with pytest.raises(
-        ValueError, match='batch_size must be between 1 and the 200 examples of this set, got 201'
+        ValueError, match='--batch_size 201 is more than the 200 training images; choose a smaller'
     ):
         train_mlp_numpy.train(batch_size=201, data_dir=fake_cifar, out_dir=str(tmp_path / 'r'))
     assert not (tmp_path / 'r').exists()
@@ -194,8 +194,8 @@ def test_cli_batch_too_large_and_missing_data(fake_cifar, tmp_path):
     result = run_script(['--batch_size', '1000', '--data_dir', fake_cifar], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        'train_mlp_numpy.py: error: batch_size must be between 1 and the 200 examples of this '
-        'set, got 1000.'
+        'train_mlp_numpy.py: error: --batch_size 1000 is more than the 200 training images; '
+        'choose a smaller one.'
     ]
     missing = tmp_path / 'missing'
     result = run_script(['--data_dir', str(missing)], cwd=tmp_path, env={'CIFAR10_DOWNLOAD': '0'})
