@@ -147,8 +147,8 @@ def has_form(saved, fresh, name=None):
             and len(saved) == len(fresh)
             and all(has_form(s, f, name) for s, f in zip(saved, fresh))
         )
-    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
-        return saved is fresh or (isinstance(fresh, str) and saved == fresh)
+    if fresh is None or isinstance(fresh, (bool, str)):
+        return type(saved) is type(fresh) and saved == fresh
     if isinstance(fresh, numbers.Real):
         return (
             is_number(saved)

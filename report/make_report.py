@@ -54,10 +54,10 @@ STYLE = {
 
 
 def safe_command(run, out_dir=None):
-    """The command that reruns a folder into out_dir (default: the folder), rebuilt from what
-    it recorded, never run as it stands: one of this project's scripts, by this interpreter,
-    with flags that script's parser accepts, and --overwrite. ReportError otherwise: a shared
-    run folder could hold any command."""
+    """The command that reruns a folder into out_dir (default: the folder; rerun gives a fresh
+    one), rebuilt from what it recorded, never run as it stands: one of this project's
+    scripts, by this interpreter, with flags that script's parser accepts. ReportError
+    otherwise: a shared run folder could hold any command."""
     command = run.rerun_command(out_dir)
     if not command:
         raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
@@ -85,7 +85,7 @@ def safe_command(run, out_dir=None):
             f'--rerun: {run.name} records flags that {script} does not accept '
             f'({shlex.join(flags)}); it was not run.'
         ) from None
-    return [sys.executable, os.path.join(ROOT, script), *flags, '--overwrite']
+    return [sys.executable, os.path.join(ROOT, script), *flags]
 
 
 def rerun(config, names):

@@ -97,10 +97,11 @@ class Run:
 
     def rerun_command(self, out_dir=None):
         """Its recorded command, else runs.json's, with --out_dir out_dir (default: the folder),
-        no --resume and no --data_dir (the data is wherever this machine keeps it)."""
+        no --resume, no --overwrite and no --data_dir (the data is wherever this machine keeps
+        it)."""
         out, skip, drop = [], False, ('--out_dir', '--resume', '--data_dir')
         for arg in (self.data or {}).get('command') or self.command:
-            if not skip and not arg.startswith(drop):
+            if not skip and not arg.startswith(drop) and arg != '--overwrite':
                 out.append(arg)
             skip = arg in drop  # the value follows
         return [*out, '--out_dir', out_dir or self.path] if out else None

@@ -298,7 +298,7 @@ def test_convnet_ladder_names_only_runs(tmp_path, capsys):
 def test_rerun_uses_the_recorded_command(tmp_path):
     """--rerun rebuilds metrics.json's command: this interpreter runs the project's script with
     the recorded flags, --out_dir pointed at the folder runs.json names, without the recorded
-    --data_dir (another machine's) or --resume, and with --overwrite; runs.json's command is
+    --data_dir (another machine's), --resume or --overwrite; runs.json's command is
     the fallback. (tests/test_faults_round2.py reruns a real run and refuses foreign ones.)"""
     folder = tmp_path / 'run'
     fake_metrics(folder, 'train_mlp_numpy.py')
@@ -314,6 +314,7 @@ def test_rerun_uses_the_recorded_command(tmp_path):
         '--data_dir',
         '/tmp/cifar10',
         '--resume=x',
+        '--overwrite',
     ]
     with open(folder / 'metrics.json', 'w') as f:
         json.dump(metrics, f)
@@ -335,7 +336,6 @@ def test_rerun_uses_the_recorded_command(tmp_path):
         '3',
         '--out_dir',
         str(folder),
-        '--overwrite',
     ]
     os.remove(folder / 'metrics.json')
     run.load()
@@ -344,7 +344,6 @@ def test_rerun_uses_the_recorded_command(tmp_path):
         os.path.join(ROOT, 'train_mlp_pytorch.py'),
         '--out_dir',
         str(folder),
-        '--overwrite',
     ]
     with pytest.raises(make_report.ReportError, match='unknown run'):
         make_report.rerun(make_report.load_config(str(runs)), ['nope'])
