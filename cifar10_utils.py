@@ -14,6 +14,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -43,8 +44,9 @@ CLASS_NAMES = (
 )
 
 
-# A download slower than this over a whole window is given up (a server that trickles).
-STALL_SECONDS, MIN_BYTES_PER_SECOND = 60, 10_000
+# A download slower than this over a whole window is given up (a server that trickles), and
+# one whose server has not answered (connected and sent its headers) within ANSWER_SECONDS.
+STALL_SECONDS, MIN_BYTES_PER_SECOND, ANSWER_SECONDS = 60, 10_000, 60
 # Three times the official archive's 163 MiB: a longer download is no CIFAR-10 (a server that
 # never stops sending would fill the disk).
 LARGEST_ARCHIVE = 512 << 20
@@ -150,7 +152,7 @@ def download_cifar10(data_dir, url=None, md5=None):
     archive, digest = os.path.join(tmp, 'cifar-10-python.tar.gz'), hashlib.md5()
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(archive, 'wb') as f:
+            with open_url(url) as response, open(archive, 'wb') as f:
                 size = response.headers.get('Content-Length')
                 total = int(size) if size and size.isdigit() else None
                 with tqdm.wrapattr(f, 'write', total=total, desc='CIFAR-10', leave=False) as out:
@@ -218,6 +220,29 @@ def download_cifar10(data_dir, url=None, md5=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def open_url(url):
+    """urllib.request.urlopen(url), given ANSWER_SECONDS in all to connect and send its
+    headers (urlopen's timeout is per read: a server that sends a header byte a second would
+    hold it for hours). It runs in a thread (a daemon: one that hangs is left behind); raises
+    what urlopen raised, or TimeoutError."""
+    outcome = {}
+
+    def attempt():
+        try:
+            outcome['response'] = urllib.request.urlopen(url, timeout=STALL_SECONDS)
+        except Exception as e:  # OSError, ValueError, http.client's: download_cifar10's to say
+            outcome['error'] = e
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(ANSWER_SECONDS)
+    if 'error' in outcome:
+        raise outcome['error']
+    if 'response' not in outcome:
+        raise TimeoutError(f'no answer within {ANSWER_SECONDS} s')
+    return outcome['response']
+
+
 def ensure_cifar10(data_dir, download=True):
     """Returns data_dir once it holds the batch files, downloading them when allowed."""
     missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(data_dir, n))]
@@ -229,7 +254,7 @@ def ensure_cifar10(data_dir, download=True):
             'files there, or delete the folder to download it again.'
         )
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
-        found = 'holds no CIFAR-10 batch files' if os.path.isdir(data_dir) else 'is a file'
+        found = 'holds no CIFAR-10 batch files' if os.path.isdir(data_dir) else 'is not a folder'
         raise CIFAR10Error(
             f'{data_dir} {found}; point --data_dir or CIFAR10_DIR at the folder '
             'with data_batch_1..5 and test_batch.'

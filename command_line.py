@@ -305,6 +305,7 @@ def check_arguments(parser, values):
                 ok = False
             if not ok:
                 raise ValueError(f'{name} must be {action.type.what}, got {value!r}.')
+            values[name] = action.type(str(value))  # a NumPy scalar as the Python number
         elif action.type is None and not isinstance(value, (str, os.PathLike)):
             raise ValueError(f'{name} must be a path (a string), got {value!r}.')
 

@@ -481,6 +481,8 @@ def search(args, out_dir, argv):
         )
         return 1
     tested = 'not refit' if test_accuracy is None else f'test accuracy {test_accuracy:.4f}'
+    if validation_accuracy is not None:  # what the refit is scored on, then tested
+        tested = f'validation accuracy {validation_accuracy:.4f}; {tested}'
     print(
         f'best {best}: CV accuracy {table[0]["mean"]:.4f} ± {table[0]["std"]:.4f}; {tested}; '
         f'results in {out_dir}'

@@ -104,6 +104,10 @@ def rerun(config, names):
         taken = [p for p in (fresh, f'{fresh[:-6]}.old') if os.path.lexists(os.path.join(ROOT, p))]
         if taken:
             raise ReportError(f'--rerun: {taken[0]} exists (a rerun cut short?); remove it first.')
+        if os.path.islink(folder):  # the link would be replaced, its folder left as it was
+            raise ReportError(
+                f'--rerun: {run.path} is a symbolic link; give runs.json the folder it names.'
+            )
         command = safe_command(run, fresh)
         print(f'make_report: rerunning {name}: {shlex.join(command)}', flush=True)
         # its own session: a signal reaches it once, from here, and it stops as it would alone
@@ -429,7 +433,7 @@ def make(args, stopped):
     missing = sum(run.missing for run in config.folders)
     if missing and not args.allow_missing:
         raise ReportError(
-            f'{missing} run(s) missing; run the command(s) above (or pass '
+            f'{missing} run(s) missing or unusable; run the command(s) above (or pass '
             f'--rerun), or --allow-missing to draw placeholders instead.'
         )
     records = {}  # report/dead_units.py's and benchmark.py's, None when missing

@@ -266,6 +266,20 @@ def load_config(runs_path):
             raise ReportError(
                 f'{runs_path}: the grid search and a run share the folder {grid.path}.', 2
             )
+    # a rerun replaces a folder whole: one inside another would go with it
+    where = {
+        os.path.normpath(os.path.join(ROOT, run.path)): run for run in [*folders.values(), grid]
+    }
+    for path, run in where.items():
+        parent = os.path.dirname(path)
+        while parent != os.path.dirname(parent):
+            if outer := where.get(parent):
+                raise ReportError(
+                    f'{runs_path}: the folder of {run.name!r}, {run.path}, is inside that of '
+                    f'{outer.name!r}, {outer.path}; each run needs a folder of its own.',
+                    2,
+                )
+            parent = os.path.dirname(parent)
     return Config(
         runs,
         grid,

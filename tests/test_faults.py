@@ -171,7 +171,7 @@ def test_data_faults_are_one_sentence(case, tmp_path, read_only_dir, monkeypatch
     data_dir, expected = {
         'data_dir is a file': (
             a_file,
-            f'error: {a_file} is a file; point --data_dir or '
+            f'error: {a_file} is not a folder; point --data_dir or '
             'CIFAR10_DIR at the folder with data_batch_1..5',
         ),
         'read-only parent': (
