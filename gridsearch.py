@@ -6,8 +6,9 @@
 
 k-fold cross-validation scores each setting of the grid: train on k - 1 folds, measure the
 accuracy on the fold left out, k times over, and average. Each fit trains on the whole of its
-training folds, reshuffled every epoch, on the inputs the train scripts use, so a CV score
-estimates what train_mlp_pytorch.py reaches with that setting. The best setting is then refit
+training folds, reshuffled every epoch and in whole batches as the train scripts take them,
+on the inputs they use, so a CV score estimates what train_mlp_pytorch.py reaches with that
+setting. The best setting is then refit
 on the whole training set and tested once. Writes to --out_dir: cv_results.csv, results.md,
 results.tex, heatmap.png and best.json.
 """

@@ -309,7 +309,7 @@ def check_out_dir(out_dir, overwrite=False):
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
         hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))
         raise ValueError(
-            f'--out_dir {out_dir} holds another run; choose a new folder{hint}, '
+            f'--out_dir {out_dir} already holds a run; choose a new folder{hint}, '
             'or pass --overwrite to replace its files.'
         )
     parent = out_dir  # the folder to write in, or the nearest existing one above it

@@ -42,7 +42,7 @@ def test_a_folder_holding_a_run_is_not_overwritten(
     assert script.main(small_run(str(tmp_path / 'no-data'), out)) == 2
     hint = f', continue it with --resume {out}/last.pt' if script is train_convnet_pytorch else ''
     assert last_error(capsys).endswith(
-        f'error: --out_dir {out} holds another run; choose a '
+        f'error: --out_dir {out} already holds a run; choose a '
         f'new folder{hint}, or pass --overwrite to replace its '
         'files.'
     )

@@ -109,7 +109,7 @@ def test_unusable_out_dir_stops_before_loading(where, tmp_path, read_only_dir, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert (
-        f'error: --out_dir {out} holds another run; choose a new folder, or pass --overwrite'
+        f'error: --out_dir {out} already holds a run; choose a new folder, or pass --overwrite'
         if where == 'holds_a_search'
         else f'error: cannot write to --out_dir {out} ('
     ) in err[0], err
