@@ -286,7 +286,11 @@ def check_arguments(parser, values):
     ValueError of one sentence; what the command line gives passes unchanged."""
     for action in parser._actions:
         name, value = action.dest, values.get(action.dest)
-        if name not in values or value is None or value == action.default:
+        if name not in values or value is None:
+            continue
+        if isinstance(value, os.PathLike):  # recorded as the command line gives it, text
+            value = values[name] = os.fspath(value)
+        if type(value) is type(action.default) and value == action.default:
             continue
         if action.nargs == 0:  # a switch: --augment
             if not isinstance(value, bool):

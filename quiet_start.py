@@ -49,7 +49,8 @@ def _stop(signum, frame):
         except (OSError, ValueError, RuntimeError):  # closed, or a print this signal interrupted
             pass
     name = signal.Signals(signum).name
-    print(f'{os.path.basename(sys.argv[0])}: stopped by {name} {_when}.', file=sys.stderr)
+    # os.write: print would fail like the flush if this signal interrupted a write to stderr
+    os.write(2, f'{os.path.basename(sys.argv[0])}: stopped by {name} {_when}.\n'.encode())
     os._exit(128 + signum)
 
 

@@ -90,7 +90,7 @@ def carried_metrics_problem(metrics, split):
     if bad := [
         k
         for k in (f'final_{split}_accuracy', f'best_{split}_accuracy')
-        if not (metrics.get(k) is None or is_number(metrics[k]))
+        if not (k in metrics and (metrics[k] is None or is_number(metrics[k])))
     ]:
         return f'{bad[0]!r} that is not a number'
     if not isinstance(metrics.get('started'), str):

@@ -66,10 +66,12 @@ class Run:
         eval_split='test',
     ):
         name = os.path.basename(script)
+        out_dir = out_dir and os.fspath(out_dir)  # a pathlib.Path from train(...), as text
         self.named = bool(out_dir)  # else a new folder under runs/
         if not self.named:
             out_dir = os.path.join('runs', f'{name[:-3]}-{datetime.now():%Y%m%d-%H%M%S}')
-        check_out_dir(out_dir, overwrite or not self.named)
+        self.may_replace = overwrite or not self.named
+        check_out_dir(out_dir, self.may_replace)
         self.out_dir, self.made = out_dir, False  # made at the first write (see path)
         self.replaces = overwrite and start_step == 1  # a new run over the folder's old one
         self.stop_requested, self.signal = False, signal.SIGINT
@@ -192,6 +194,11 @@ class Run:
 
     def __enter__(self):
         self._claim()
+        try:  # again, locked: a run that started on the folder as this one loaded may have ended
+            check_out_dir(self.out_dir, self.may_replace)
+        except ValueError:
+            self._release()
+            raise
         if self.replaces:  # no checkpoint of the old run may outlive it beside the new one
             for name in RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):

@@ -6,10 +6,6 @@ grid's table and heatmap gridsearch.py's; only the comparison of all runs is dra
 status: 0 done (also without LaTeX), 1 a run is missing or a rerun or LaTeX failed, 2 runs.json
 or a flag is wrong."""
 
-import contextlib
-import importlib
-import io
-import json
 import os
 import shlex
 import shutil
@@ -24,7 +20,7 @@ ROOT = os.path.dirname(REPORT_DIR)
 LATEX_SECONDS = 300  # a pass: it takes seconds, but a crafted table can keep TeX busy for ever
 sys.path.insert(0, ROOT)  # run as a script, only report/ is on sys.path
 
-from quiet_start import RUN_SCRIPTS, stop_signals  # noqa: E402 (first: see its docstring)
+from quiet_start import stop_signals  # noqa: E402 (first: see its docstring)
 
 import numpy as np  # noqa: E402
 from records import ReportError  # noqa: E402
@@ -37,10 +33,11 @@ from report_experiments import (  # noqa: E402
     write_experiment_tables,
 )
 from report_tables import figure_label, run_row, status_note, write, write_tables  # noqa: E402
+from rerun import rerun, retarget, safe_command  # noqa: E402, F401 (retarget, safe_command: tests)
 from runs_json import Run, check_groups, load_config  # noqa: E402, F401 (Run: for tests)
 
 from command_line import ArgumentParser  # noqa: E402
-from train_utils import plot_curves, write_json  # noqa: E402
+from train_utils import plot_curves  # noqa: E402
 
 # The comparison is drawn at report.tex's text width (6.3 in): 8-9 pt here is 8-9 pt on paper.
 STYLE = {
@@ -51,106 +48,6 @@ STYLE = {
     'axes.spines.top': False,
     'axes.spines.right': False,
 }
-
-
-def safe_command(run, out_dir=None):
-    """The command that reruns a folder into out_dir (default: the folder; rerun gives a fresh
-    one), rebuilt from what it recorded, never run as it stands: one of this project's
-    scripts, by this interpreter, with flags that script's parser accepts. ReportError
-    otherwise: a shared run folder could hold any command."""
-    command = run.rerun_command(out_dir)
-    if not command:
-        raise ReportError(f'--rerun: no command known for {run.name}; give it one in runs.json.')
-    if not (
-        len(command) >= 2 and command[0] in ('python', 'python3') and command[1] in RUN_SCRIPTS
-    ):
-        raise ReportError(
-            f'--rerun: {run.name} records the command {shlex.join(command)!r}, '
-            f'which is not python running one of {", ".join(RUN_SCRIPTS)}; it was not '
-            'run.'
-        )
-    script, flags = command[1], command[2:]
-    if outside := [f for f in flags if f.split('=')[0] in ('--scheduler', '--grid')]:
-        raise ReportError(  # a Dask scheduler's address, or a file, a data file should not pick
-            f'--rerun: {run.name} records {outside[0].split("=")[0]}, which --rerun does not '
-            'take from a run folder; it was not run.'
-        )
-    parser = importlib.import_module(script.removesuffix('.py')).build_parser()
-    parser.allow_abbrev = False  # --resum would be --resume, which rerun_command leaves out
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # argparse's own message: ours below
-            parser.parse_args(flags)
-    except SystemExit:
-        raise ReportError(
-            f'--rerun: {run.name} records flags that {script} does not accept '
-            f'({shlex.join(flags)}); it was not run.'
-        ) from None
-    return [sys.executable, os.path.join(ROOT, script), *flags]
-
-
-def rerun(config, names):
-    """Reruns the folders named (all when names is empty), one after another, from ROOT."""
-    targets = {run.name: run for run in config.folders if not names or run.name in names}
-    if unknown := [name for name in names if name not in targets]:
-        raise ReportError(
-            f'--rerun: unknown run(s) {", ".join(unknown)}; the runs are '
-            f'{", ".join(run.name for run in config.folders)}.',
-            2,
-        )
-    for name, run in targets.items():
-        run.load()
-        # into a fresh folder beside it, which replaces the old one only once it completes
-        folder, fresh = os.path.join(ROOT, run.path), run.path.rstrip('/') + '.rerun'
-        taken = [p for p in (fresh, f'{fresh[:-6]}.old') if os.path.lexists(os.path.join(ROOT, p))]
-        if taken:
-            raise ReportError(f'--rerun: {taken[0]} exists (a rerun cut short?); remove it first.')
-        if os.path.islink(folder):  # the link would be replaced, its folder left as it was
-            raise ReportError(
-                f'--rerun: {run.path} is a symbolic link; give runs.json the folder it names.'
-            )
-        command = safe_command(run, fresh)
-        print(f'make_report: rerunning {name}: {shlex.join(command)}', flush=True)
-        # its own session: a signal reaches it once, from here, and it stops as it would alone
-        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
-        try:
-            status = child.wait()
-        except KeyboardInterrupt as stop:  # make_report's stop(): pass it on, let it save
-            child.send_signal(stop.args[0] if stop.args else signal.SIGINT)
-            child.wait()
-            shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)
-            print(f'make_report: the rerun of {name} was stopped; {run.path} is as it was.')
-            raise
-        if status != 0:
-            shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)
-            raise ReportError(
-                f'rerun of {name} failed (exit {status}), {run.path} is as it was: '
-                f'{shlex.join(command)}'
-            )
-        retarget(os.path.join(ROOT, fresh), fresh, run.path)
-        old = folder.rstrip('/') + '.old'
-        if os.path.lexists(folder):
-            os.rename(folder, old)
-        os.rename(os.path.join(ROOT, fresh), folder)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def retarget(folder, old, new):
-    """The records in folder (metrics.json, best.json) with each string old, its --out_dir
-    while it ran, written as new, the folder it now is."""
-
-    def moved(value):
-        if isinstance(value, dict):
-            return {k: moved(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [moved(v) for v in value]
-        return new if value == old else value
-
-    for name in ('metrics.json', 'best.json'):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path) as f:
-                record = json.load(f)
-            write_json(path, moved(record))
 
 
 def write_figures(config, dead_units, out):

@@ -298,7 +298,7 @@ def checked_latex(path):
     wrong += [f'\\{c} without its {{...}}' for c in re.findall(r'\\(begin|end|label)(?!\{)', text)]
     wrong += [  # tabulate's columns are r, c and l; a spec such as *{2147483647}{c} never ends
         'a tabular whose columns are not only l, c and r'
-    ] * bool(re.search(r'\\begin\s*\{tabular\}\s*(?!\{[lcr ]+\})', text))
+    ] * bool(re.search(r'\\begin\s*\{tabular\}(?!\s*\{[lcr ]+\})', text))
     wrong += ['a \\label other than the one \\label{tab:gridsearch}'] * (
         re.findall(r'\\label\{([^}]*)\}', text) != ['tab:gridsearch']
     )
