@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import one_error
 from fake_runs import fake_project
-from test_faults_round5 import edit, report
+from test_faults_round5 import report
 
 import train_mlp_numpy
 import train_utils
@@ -49,13 +49,20 @@ def test_a_rerun_of_a_folder_a_run_holds_is_refused(tmp_path, capsys):
     assert not os.path.exists(f'{folder}.rerun')
 
 
-def test_a_rerun_path_ending_in_a_dot_stays_beside_its_folder(tmp_path, capsys):
+def test_a_rerun_path_ending_in_a_dot_stays_beside_its_folder(
+    fake_cifar, tmp_path, monkeypatch, capsys
+):
     """runs/b/. reran into runs/b/..rerun, inside the folder, then failed to rename it."""
-    runs_json = fake_project(tmp_path)
-    folder = tmp_path / 'runs' / 'mlp_numpy_default'
-    edit(runs_json, lambda c: c['runs']['mlp_numpy_default'].update(path=f'{folder}/.'))
-    report(runs_json, tmp_path / 'out', '--rerun', 'mlp_numpy_default')
-    assert not any(name.endswith('.rerun') for name in os.listdir(folder))
+    folder = tmp_path / 'runs' / 'b'
+    train_mlp_numpy.train(max_steps=2, eval_freq=1, data_dir=fake_cifar, out_dir=str(folder))
+    runs_json = tmp_path / 'runs.json'
+    entry = {'label': 'b', 'path': f'{folder}/.', 'command': ['python', 'train_mlp_numpy.py']}
+    grid = str(tmp_path / 'grid')
+    runs_json.write_text(json.dumps({'runs': {'b': entry}, 'gridsearch': {'path': grid}}))
+    monkeypatch.setenv('CIFAR10_DIR', fake_cifar)  # --rerun leaves out the recorded --data_dir
+    report(str(runs_json), tmp_path / 'out', '--rerun', 'b', '--allow-missing')
+    assert sorted(os.listdir(tmp_path / 'runs')) == ['b']
+    assert sorted(os.listdir(folder)) == ['curves.png', 'metrics.json']
     assert 'Device or resource busy' not in capsys.readouterr().err
 
 
