@@ -129,7 +129,7 @@ def test_a_signal_as_a_script_exits_says_so(tmp_path):
 @pytest.mark.parametrize(
     'args, status, message',
     [
-        (['-k', 'no_check_is_called_this'], 5, 'no check matches the -k patterns.'),
+        (['-k', 'no_check_is_called_this'], 5, 'no check matches what was given.'),
         (['TestNothing', 'TestLayers'], 2, 'no check is named TestNothing.'),
     ],
 )
