@@ -223,23 +223,29 @@ def download_cifar10(data_dir, url=None, md5=None):
 def open_url(url):
     """urllib.request.urlopen(url), given ANSWER_SECONDS in all to connect and send its
     headers (urlopen's timeout is per read: a server that sends a header byte a second would
-    hold it for hours). It runs in a thread (a daemon: one that hangs is left behind); raises
-    what urlopen raised, or TimeoutError."""
-    outcome = {}
+    hold it for hours). It runs in a thread (a daemon: one that hangs is left behind, and
+    closes the answer should it come late); raises what urlopen raised, or TimeoutError."""
+    outcome, decided = {}, threading.Lock()
 
     def attempt():
         try:
-            outcome['response'] = urllib.request.urlopen(url, timeout=STALL_SECONDS)
+            answer = urllib.request.urlopen(url, timeout=STALL_SECONDS)
         except Exception as e:  # OSError, ValueError, http.client's: download_cifar10's to say
-            outcome['error'] = e
+            answer, outcome['error'] = None, e
+        with decided:
+            if 'gave_up' in outcome and answer is not None:
+                answer.close()
+            outcome['response'] = answer
 
     thread = threading.Thread(target=attempt, daemon=True)
     thread.start()
     thread.join(ANSWER_SECONDS)
+    with decided:
+        if 'response' not in outcome:
+            outcome['gave_up'] = True
+            raise TimeoutError(f'no answer within {ANSWER_SECONDS} s')
     if 'error' in outcome:
         raise outcome['error']
-    if 'response' not in outcome:
-        raise TimeoutError(f'no answer within {ANSWER_SECONDS} s')
     return outcome['response']
 
 

@@ -283,7 +283,9 @@ def add_mlp_flags(p, dnn_hidden_units, batchnorms):
 def check_arguments(parser, values):
     """The command line's checks on values from Python (train(...)'s arguments): each must
     have the type its flag parses to and pass the flag's own test (range, choices), else a
-    ValueError of one sentence; what the command line gives passes unchanged."""
+    ValueError of one sentence. Values is changed in place to what the command line would
+    give, as metrics.json records it: a path-like becomes text, a number the flag's type (a
+    NumPy scalar a Python number, 0 for a rate 0.0)."""
     for action in parser._actions:
         name, value = action.dest, values.get(action.dest)
         if name not in values or value is None:

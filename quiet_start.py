@@ -75,7 +75,8 @@ def stop_signals(handler):
     try:
         yield
     finally:
-        exiting()
+        if previous[signal.SIGINT] is _stop:  # the outermost block: the script is ending
+            exiting()
         for s, old in previous.items():
             signal.signal(s, old)
 

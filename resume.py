@@ -134,7 +134,8 @@ BELOW_1 = {'momentum', 'betas', 'max_momentum', 'base_momentum', 'dampening'}
 def has_form(saved, fresh, name=None):
     """Whether saved, a state read from a checkpoint, has the form of fresh, the state this
     run's own optimizer or schedule has now: the same keys and lengths, the same strings,
-    switches and Nones, and finite numbers where fresh has numbers, in range by name."""
+    switches and Nones, and finite numbers where fresh has numbers (whole where it has whole
+    ones, as step counts), in range by name."""
     if isinstance(fresh, dict):
         return (
             isinstance(saved, dict)
@@ -152,6 +153,7 @@ def has_form(saved, fresh, name=None):
     if isinstance(fresh, numbers.Real):
         return (
             is_number(saved)
+            and (isinstance(saved, numbers.Integral) or not isinstance(fresh, numbers.Integral))
             and (name not in AT_LEAST_0 or saved >= 0)
             and (name not in BELOW_1 or 0 <= saved < 1)
         )

@@ -46,8 +46,9 @@ MAX_STEPS_DEFAULT = 5000
 EVAL_FREQ_DEFAULT = 500
 OPTIMIZER_DEFAULT = 'ADAM'
 
-# The flags that decide which weights a run ends with: a resumed run must keep them (and
-# max_steps too, when a schedule is laid out over it).
+# The flags that decide which weights a run ends with, and which it keeps as the best (the
+# evaluations choose it): a resumed run must keep them (and max_steps too, when a schedule is
+# laid out over it).
 TRAJECTORY_FLAGS = (
     'learning_rate',
     'batch_size',
@@ -58,6 +59,7 @@ TRAJECTORY_FLAGS = (
     'seed',
     'validation_size',
     'label_smoothing',
+    'eval_freq',
 )
 
 

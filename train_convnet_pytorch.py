@@ -88,8 +88,9 @@ PRESETS = {
         validation_size=5000,
     ),
 }
-# The flags that decide which weights a run ends with: a resumed run must keep them (and
-# max_steps too, when a schedule is laid out over it). amp: bfloat16 rounds every step.
+# The flags that decide which weights a run ends with, and which it keeps as the best (the
+# evaluations choose it): a resumed run must keep them (and max_steps too, when a schedule is
+# laid out over it). amp: bfloat16 rounds every step.
 TRAJECTORY_FLAGS = (
     'learning_rate',
     'batch_size',
@@ -100,6 +101,8 @@ TRAJECTORY_FLAGS = (
     'seed',
     'validation_size',
     'label_smoothing',
+    'eval_freq',
+    'flip_test',
     'amp',
 )
 

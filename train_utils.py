@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -245,7 +246,8 @@ class Run:
 def lock_folder(lock, folder):
     """Locks the file lock (in folder) for as long as this process holds the descriptor it
     returns: a second run on the folder is refused in one sentence (the lock goes with the
-    process, even a killed one)."""
+    process, even a killed one). Holding it, removes the temporary files of atomic_write that
+    a killed process left there: no other process writes in the folder."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -255,6 +257,10 @@ def lock_folder(lock, folder):
             f'--out_dir {folder} is in use by another run that is still going; wait for it '
             'to end, or choose another folder.'
         ) from None
+    with contextlib.suppress(OSError):  # (a folder that cannot be listed keeps them)
+        for name in os.listdir(folder):
+            if TEMPORARY.fullmatch(name):
+                os.unlink(os.path.join(folder, name))
     return fd
 
 
@@ -404,6 +410,10 @@ def plot_curves(metrics, path):
         )
     finally:
         plt.close(fig)
+
+
+# atomic_write's temporary files: .NAME.PID.RANDOM.tmp
+TEMPORARY = re.compile(r'\..+\.[0-9]+\.[0-9a-f]{8}\.tmp')
 
 
 def atomic_write(path, write):

@@ -1,0 +1,96 @@
+"""Findings of the twelfth probe and the leftovers of the thirteenth round: a ConvNet run
+resumed with another --eval_freq or --flip_test (its evaluations, which choose the best
+checkpoint, no longer those of the run its record describes); the temporary files of a killed
+run, which no later run removed; a fractional step count in a checkpoint; a download answer
+that came after the deadline, left open."""
+
+import os
+import threading
+import time
+
+import pytest
+from conftest import one_error, small_run
+from test_faults_round11 import numpy_checkpoint, set_in
+
+import cifar10_utils
+import train_convnet_numpy
+import train_convnet_pytorch
+
+pytestmark = pytest.mark.usefixtures('torch_single_thread', 'small_convnets')
+
+
+@pytest.mark.parametrize(
+    'script, last, flag',
+    [
+        (train_convnet_numpy, 'last.npz', ['--eval_freq', '1']),
+        (train_convnet_pytorch, 'last.pt', ['--eval_freq', '1']),
+        (train_convnet_pytorch, 'last.pt', ['--flip_test']),
+    ],
+)
+def test_a_resumed_run_keeps_the_evaluations_that_choose_its_best(
+    script, last, flag, fake_cifar, tmp_path, capsys
+):
+    folder = tmp_path / 'run'
+    assert script.main(small_run(fake_cifar, folder)) == 0
+    before = (folder / 'metrics.json').read_bytes()
+    resumed = ['--resume', str(folder / last), '--max_steps', '5', *flag]
+    assert script.main(resumed) == 2
+    given = '--eval_freq 2' if flag[0] == '--eval_freq' else '--flip_test False'
+    assert one_error(capsys).endswith(
+        f'was trained with {given}; a resumed run keeps the flags it started with.'
+    )
+    assert (folder / 'metrics.json').read_bytes() == before
+    assert not [n for n in os.listdir(folder) if n.endswith('.tmp')]
+
+
+def test_a_resumed_run_removes_what_a_killed_one_left_half_written(fake_cifar, tmp_path):
+    """kill -9 during a save left .last.pt.PID.RANDOM.tmp, which no later run removed."""
+    folder = tmp_path / 'run'
+    assert train_convnet_pytorch.main(small_run(fake_cifar, folder)) == 0
+    left = ['.last.pt.4242.0123abcd.tmp', '.metrics.json.77.deadbeef.tmp']
+    for name in left + ['notes.tmp']:  # the last one is no file of a run's
+        (folder / name).write_bytes(b'half')
+    resumed = ['--resume', str(folder / 'last.pt'), '--max_steps', '4']
+    assert train_convnet_pytorch.main(resumed) == 0
+    names = os.listdir(folder)
+    assert 'notes.tmp' in names
+    assert not set(left) & set(names)
+
+
+def test_a_numpy_checkpoint_with_a_fractional_step_count(fake_cifar, tmp_path, capsys):
+    """Adam's t = 2.5 was taken, and bias-corrected the steps with a count no run reaches."""
+    path = numpy_checkpoint(fake_cifar, tmp_path, set_in(['optimizer', 't'], 2.5))
+    before = (path.parent / 'metrics.json').read_bytes()
+    assert train_convnet_numpy.main(['--resume', str(path), '--max_steps', '4']) == 2
+    assert one_error(capsys).endswith('holds an optimizer state that this run cannot go on from.')
+    assert (path.parent / 'metrics.json').read_bytes() == before
+
+
+def test_an_answer_that_comes_after_the_deadline_is_closed(monkeypatch):
+    """open_url gave up on a slow server but left the connection it got later open."""
+    late, answered = threading.Event(), threading.Event()
+
+    class Answer:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    answer = Answer()
+
+    def slow_urlopen(url, timeout):
+        late.wait(10)
+        answered.set()
+        return answer
+
+    monkeypatch.setattr(cifar10_utils.urllib.request, 'urlopen', slow_urlopen)
+    monkeypatch.setattr(cifar10_utils, 'ANSWER_SECONDS', 0.1)
+    with pytest.raises(TimeoutError, match='no answer within 0.1 s'):
+        cifar10_utils.open_url('http://127.0.0.1:9/x')
+    late.set()
+    assert answered.wait(10)
+    for _ in range(100):  # the thread closes it just after returning from urlopen
+        if answer.closed:
+            break
+        time.sleep(0.05)
+    assert answer.closed
