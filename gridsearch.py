@@ -383,7 +383,7 @@ def search(args, out_dir, argv):
             )
             x, y = x[np.sort(keep)], y[np.sort(keep)]
         folds = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
-        check_folds(folds, y, max(grid['batch_size']), bool(n))
+        check_folds(folds, y, max(grid['batch_size']), n is not None and n < len(train.labels))
         device = str(select_device(args.device))
         cluster = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
 

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import one_error, small_run
-from test_faults_round11 import numpy_checkpoint, set_in
+from conftest import one_error, small_run, write_fake_cifar
+from test_faults_round11 import grid, numpy_checkpoint, set_in
 
 import cifar10_utils
 import train_convnet_numpy
@@ -94,3 +94,13 @@ def test_an_answer_that_comes_after_the_deadline_is_closed(monkeypatch):
             break
         time.sleep(0.05)
     assert answer.closed
+
+
+def test_a_subsample_of_every_image_suggests_no_larger_one(tmp_path, capsys):
+    """--subsample 200 of 200 images: "a larger --subsample has more", which none can be."""
+    fake = write_fake_cifar(tmp_path / 'data')
+    assert grid(fake, tmp_path / 'grid', '--batch_size', '101', '--subsample', '200') == 2
+    assert one_error(capsys).endswith(
+        'batch size 101 is more than the 100 images a fit trains on (1 of 2 folds of 200).'
+    )
+    assert not (tmp_path / 'grid').exists()
