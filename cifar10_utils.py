@@ -223,30 +223,36 @@ def download_cifar10(data_dir, url=None, md5=None):
 def open_url(url):
     """urllib.request.urlopen(url), given ANSWER_SECONDS in all to connect and send its
     headers (urlopen's timeout is per read: a server that sends a header byte a second would
-    hold it for hours). It runs in a thread (a daemon: one that hangs is left behind, and
-    closes the answer should it come late); raises what urlopen raised, or TimeoutError."""
+    hold it for hours); raises what urlopen raised, or TimeoutError."""
+    return call_within(ANSWER_SECONDS, lambda: urllib.request.urlopen(url, timeout=STALL_SECONDS))
+
+
+def call_within(seconds, make):
+    """make()'s result, or TimeoutError once `seconds` have passed without one: make runs in a
+    thread (a daemon: one that hangs is left behind, and closes what it makes should that come
+    late). Raises what make raised."""
     outcome, decided = {}, threading.Lock()
 
     def attempt():
         try:
-            answer = urllib.request.urlopen(url, timeout=STALL_SECONDS)
-        except Exception as e:  # OSError, ValueError, http.client's: download_cifar10's to say
-            answer, outcome['error'] = None, e
+            made = make()
+        except Exception as e:  # the caller's to say
+            made, outcome['error'] = None, e
         with decided:
-            if 'gave_up' in outcome and answer is not None:
-                answer.close()
-            outcome['response'] = answer
+            if 'gave_up' in outcome and made is not None:
+                made.close()
+            outcome['made'] = made
 
     thread = threading.Thread(target=attempt, daemon=True)
     thread.start()
-    thread.join(ANSWER_SECONDS)
+    thread.join(seconds)
     with decided:
-        if 'response' not in outcome:
+        if 'made' not in outcome:
             outcome['gave_up'] = True
-            raise TimeoutError(f'no answer within {ANSWER_SECONDS} s')
+            raise TimeoutError(f'no answer within {seconds:g} s')
     if 'error' in outcome:
         raise outcome['error']
-    return outcome['response']
+    return outcome['made']
 
 
 def ensure_cifar10(data_dir, download=True):

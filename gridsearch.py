@@ -23,7 +23,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -179,28 +178,20 @@ def connect(scheduler):
     from dask.distributed import Client
 
     # Client's own timeout covers the connection, not a peer that accepts it and then says
-    # nothing: the whole handshake runs in a thread (a daemon: one that hangs is left behind),
-    # given CONNECT_SECONDS.
-    outcome = {}
-
-    def attempt():
-        try:
-            outcome['client'] = Client(scheduler, timeout=f'{CONNECT_SECONDS}s')
-        except Exception as e:  # OSError, TimeoutError, a bad address
-            outcome['error'] = e
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(CONNECT_SECONDS + 5)
-    if isinstance(outcome.get('error'), ValueError):  # distributed's parse of the address
-        raise ValueError(f'--scheduler {scheduler} is not an address such as tcp://HOST:8786.')
-    if 'client' not in outcome:
-        why = type(outcome.get('error', TimeoutError())).__name__
+    # nothing: the whole handshake is given CONNECT_SECONDS (and a little more).
+    try:
+        client = cifar10_utils.call_within(
+            CONNECT_SECONDS + 5, lambda: Client(scheduler, timeout=f'{CONNECT_SECONDS}s')
+        )
+    except ValueError:  # distributed's parse of the address
+        raise ValueError(
+            f'--scheduler {scheduler} is not an address such as tcp://HOST:8786.'
+        ) from None
+    except Exception as e:  # OSError, TimeoutError
         raise ValueError(
             f'no Dask scheduler answered at {scheduler} within {CONNECT_SECONDS} '
-            f's ({why}); check the address, and that the scheduler runs.'
-        )
-    client = outcome['client']
+            f's ({type(e).__name__}); check the address, and that the scheduler runs.'
+        ) from None
     # The workers unpickle mlp_pytorch.MLP: they need the requirements, not this checkout.
     for module in ('custom_batchnorm.py', 'mlp_pytorch.py'):
         client.upload_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), module))
