@@ -278,7 +278,7 @@ def train(
             test = data['test']
             run.log_test(*evaluate(model, loss_module, test.images, test.labels)[1:])
             load_model(read_checkpoint(run.path('best.npz'))['arrays'], model)
-            run.metrics['best_pt_test_accuracy'] = evaluate(
+            run.metrics['best_checkpoint_test_accuracy'] = evaluate(
                 model, loss_module, test.images, test.labels
             )[1]
     return run.metrics

@@ -378,7 +378,7 @@ def train(
             test = data['test']
             run.log_test(*evaluate_on(test.images, test.labels)[1:])
             model.load_state_dict(read_checkpoint(run.path('best.pt'))['model'])
-            run.metrics['best_pt_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
+            run.metrics['best_checkpoint_test_accuracy'] = evaluate_on(test.images, test.labels)[1]
     return run.metrics
 
 

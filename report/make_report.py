@@ -104,7 +104,7 @@ def write_figures(config, dead_units, out):
                 c=c,
                 label=figure_label(run.label),
             )
-            final, best = m['final_test_accuracy'], m.get('best_pt_test_accuracy')
+            final, best = m['final_test_accuracy'], m.get('best_checkpoint_test_accuracy')
             ax_bar.barh(y, final, color=c, alpha=0.85)
             if best is not None:  # best.pt, chosen on validation; the caption explains it
                 ax_bar.plot(best, y, 'D', ms=4.5, mfc='k', mec='w', mew=0.8, zorder=3)

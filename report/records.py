@@ -46,7 +46,7 @@ SERIES = ('steps', 'train_loss', 'eval_steps', 'test_loss', 'test_accuracy')
 NUMBER, OR_NULL = (int, float), (int, float, type(None))
 # Read when present: a number or null.
 OPTIONAL_NUMBERS = {
-    'metrics.json': ('best_pt_test_accuracy', 'final_validation_accuracy'),
+    'metrics.json': ('best_checkpoint_test_accuracy', 'final_validation_accuracy'),
     'best.json': ('test_accuracy', 'best_cv_std'),
 }
 # The accuracies of each record, each a number in 0..1, or null or NaN (a run that diverged).
@@ -56,7 +56,7 @@ FRACTIONS = {
         'best_test_accuracy',
         'best_validation_accuracy',
         'final_validation_accuracy',
-        'best_pt_test_accuracy',
+        'best_checkpoint_test_accuracy',
     ),
     'best.json': ('best_cv_score', 'test_accuracy'),
 }

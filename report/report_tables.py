@@ -90,7 +90,7 @@ def run_row(run):
     return [
         *(
             '--' if v is None else f'{v:.3f}'
-            for v in (m['final_test_accuracy'], m.get('best_pt_test_accuracy'))
+            for v in (m['final_test_accuracy'], m.get('best_checkpoint_test_accuracy'))
         ),
         steps,
         time,

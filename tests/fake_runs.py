@@ -56,7 +56,7 @@ def fake_metrics(folder, script, steps=30, eval_freq=10, seed=0, status='complet
             best_validation_accuracy=metrics.pop('best_test_accuracy'),
             final_validation_accuracy=acc[-1],
             final_test_accuracy=0.625,
-            best_pt_test_accuracy=0.75,
+            best_checkpoint_test_accuracy=0.75,
         )
     # 10,000 test images, 1,000 a class, with the final test accuracy on the diagonal
     right = round(1000 * metrics['final_test_accuracy'])

@@ -229,7 +229,7 @@ def test_validation_run_tests_its_best_checkpoint(fake_cifar, small_numpy_convne
     )
     assert metrics['eval_split'] == 'validation' and len(metrics['validation_accuracy']) == 2
     assert 0 <= metrics['final_test_accuracy'] <= 1
-    assert 0 <= metrics['best_pt_test_accuracy'] <= 1
+    assert 0 <= metrics['best_checkpoint_test_accuracy'] <= 1
 
 
 def test_diverging_run_stops_with_advice(fake_cifar, small_numpy_convnet, tmp_path):
@@ -275,9 +275,9 @@ def test_resume_refuses_a_changed_run(fake_cifar, small_numpy_convnet, tmp_path)
     )
     last = str(tmp_path / 'run' / 'last.npz')
     with pytest.raises(ValueError, match='trained with --batch_size 10; a resumed run keeps'):
-        train(max_steps=4, batch_size=20, data_dir=fake_cifar, resume=last)
+        train(max_steps=4, batch_size=20, eval_freq=2, data_dir=fake_cifar, resume=last)
     with pytest.raises(ValueError, match=r'is at step 2, beyond --max_steps 1'):
-        train(max_steps=1, batch_size=10, data_dir=fake_cifar, resume=last)
+        train(max_steps=1, batch_size=10, eval_freq=2, data_dir=fake_cifar, resume=last)
 
 
 def test_help_explains_every_flag():

@@ -206,7 +206,7 @@ def test_a_run_resumed_into_a_new_folder_takes_its_best_pt(fake_cifar, small_con
         resume=str(tmp_path / 'run' / 'last.pt'), out_dir=str(tmp_path / 'new'), **kwargs
     )
     assert resumed['status'] == 'completed'
-    assert resumed['best_pt_test_accuracy'] == first['best_pt_test_accuracy']
+    assert resumed['best_checkpoint_test_accuracy'] == first['best_checkpoint_test_accuracy']
     assert_same_tensors(
         checkpoint_tensors(tmp_path / 'run' / 'best.pt'),
         checkpoint_tensors(tmp_path / 'new' / 'best.pt'),

@@ -111,7 +111,11 @@ def test_a_seed_past_2_to_the_32_is_refused(script, tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize(
     'key, value',
-    [('final_test_accuracy', 10**400), ('wall_seconds', 10**400), ('best_pt_test_accuracy', 'x')],
+    [
+        ('final_test_accuracy', 10**400),
+        ('wall_seconds', 10**400),
+        ('best_checkpoint_test_accuracy', 'x'),
+    ],
 )
 def test_a_run_with_impossible_numbers_is_a_problem_not_a_traceback(key, value, tmp_path):
     with open(os.path.join(ROOT, 'report', 'runs', 'mlp_numpy_default', 'metrics.json')) as f:

@@ -48,7 +48,7 @@ def test_choices_on_validation_test_once(script, fake_cifar, small_convnet, tmp_
     if script is train_convnet_pytorch:
         best = train_convnet_pytorch.read_checkpoint(out / 'best.pt')
         best_step = m['eval_steps'][m['validation_accuracy'].index(m['best_validation_accuracy'])]
-        assert best['step'] >= best_step and 0 <= m['best_pt_test_accuracy'] <= 1
+        assert best['step'] >= best_step and 0 <= m['best_checkpoint_test_accuracy'] <= 1
         resumed = train_convnet_pytorch.train(
             max_steps=8,
             batch_size=10,
@@ -60,7 +60,11 @@ def test_choices_on_validation_test_once(script, fake_cifar, small_convnet, tmp_
         assert resumed['eval_steps'] == [2, 4, 6, 8] and len(resumed['validation_accuracy']) == 4
         with pytest.raises(ValueError, match='--validation_size 50; a resumed run keeps the flags'):
             train_convnet_pytorch.train(
-                max_steps=10, batch_size=10, data_dir=fake_cifar, resume=str(out / 'last.pt')
+                max_steps=10,
+                batch_size=10,
+                eval_freq=2,
+                data_dir=fake_cifar,
+                resume=str(out / 'last.pt'),
             )
 
 
