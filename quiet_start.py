@@ -11,7 +11,7 @@ import sys
 
 # The signals whose default action ends the process without a word, and that a user or a job
 # scheduler sends: Ctrl-C, kill's default, a closed terminal, Ctrl-\\, the two left to users,
-# an alarm. Each stops a script as Ctrl-C does (command_line.cli, train_utils.Run).
+# an alarm, a CPU-time limit. Each stops a script as Ctrl-C does (command_line.cli, train_utils.Run).
 STOP_SIGNALS = (
     signal.SIGINT,
     signal.SIGTERM,
@@ -20,6 +20,7 @@ STOP_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
     signal.SIGALRM,
+    signal.SIGXCPU,  # a CPU-time limit's (ulimit -t, a batch scheduler's soft limit)
 )
 
 # The scripts that make runs (make_report.py --rerun runs no other), and every script.
@@ -50,7 +51,8 @@ def _stop(signum, frame):
             pass
     name = signal.Signals(signum).name
     # os.write: print would fail like the flush if this signal interrupted a write to stderr
-    os.write(2, f'{os.path.basename(sys.argv[0])}: stopped by {name} {_when}.\n'.encode())
+    with contextlib.suppress(OSError):  # a stderr whose reader is gone
+        os.write(2, f'{os.path.basename(sys.argv[0])}: stopped by {name} {_when}.\n'.encode())
     os._exit(128 + signum)
 
 
@@ -89,6 +91,53 @@ def stopped(prog, interruption, then='.'):
     return 128 + signum
 
 
+class Unfailing:
+    """A text stream (stdout, stderr) whose failure ends what it says, not the script: once a
+    write fails (the reader of a pipe gone, a full disk) its file is pointed at /dev/null, so
+    that later writes and the flush at exit succeed, and the run it reports on goes on. A
+    character its encoding lacks is written as an escape (the stream's errors='backslashreplace')."""
+
+    def __init__(self, stream):
+        with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper
+            stream.reconfigure(errors='backslashreplace')
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError:
+            self.mute()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError:
+            self.mute()
+
+    def mute(self):
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def open_standard_streams():
+    """A closed stdin, stdout or stderr (`2>&-`) opened on /dev/null: else the next file the
+    script opens would take its number, and what the script says would go into that file."""
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, mode)  # the lowest free number: fd
+    sys.stdout = Unfailing(sys.stdout or open(1, 'w', closefd=False))
+    sys.stderr = Unfailing(sys.stderr or open(2, 'w', closefd=False))
+
+
 if os.path.basename(sys.argv[0]) in SCRIPTS:
+    open_standard_streams()
     for _signal in STOP_SIGNALS:
         signal.signal(_signal, _stop)

@@ -4,12 +4,16 @@ checkpoint, no longer those of the run its record describes); the temporary file
 run, which no later run removed; a fractional step count in a checkpoint; a download answer
 that came after the deadline, left open."""
 
+import json
 import os
+import resource
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from conftest import one_error, small_run, write_fake_cifar
+from conftest import ROOT, one_error, small_run, write_fake_cifar
 from test_faults_round11 import grid, numpy_checkpoint, set_in
 
 import cifar10_utils
@@ -104,3 +108,65 @@ def test_a_subsample_of_every_image_suggests_no_larger_one(tmp_path, capsys):
         'batch size 101 is more than the 100 images a fit trains on (1 of 2 folds of 200).'
     )
     assert not (tmp_path / 'grid').exists()
+
+
+def run_script(fake_cifar, out, *flags, **popen):
+    """train_mlp_numpy.py run as a script (the streams it is given are its own), its status."""
+    command = [sys.executable, 'train_mlp_numpy.py', '--data_dir', fake_cifar, '--out_dir', out]
+    return subprocess.run([*command, *flags], cwd=ROOT, timeout=120, **popen).returncode
+
+
+def closed_pipe():
+    """The writing end of a pipe whose reader has gone: `| head -1` once head has ended."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    'streams',
+    [
+        pytest.param(lambda: {'stderr': closed_pipe()}, id='stderr-reader-gone'),
+        pytest.param(lambda: {'stdout': closed_pipe()}, id='stdout-reader-gone'),
+        pytest.param(lambda: {'stderr': open('/dev/full', 'w')}, id='stderr-full'),
+        pytest.param(lambda: {'stdout': open('/dev/full', 'w')}, id='stdout-full'),
+        pytest.param(lambda: {'preexec_fn': lambda: os.close(2)}, id='stderr-closed'),
+        pytest.param(
+            lambda: {'env': {**os.environ, 'PYTHONIOENCODING': 'ascii'}, 'stdout': -3},
+            id='ascii-stdout',
+        ),
+    ],
+)
+def test_a_run_outlives_the_streams_it_reports_on(streams, fake_cifar, tmp_path):
+    """The progress bar's write into a pipe whose reader had gone ended the run before its
+    first save (a .lock and nothing else left); a full or ASCII-only stdout made a finished run
+    exit 1 with a traceback at its last line."""
+    if not os.path.exists('/dev/full'):
+        pytest.skip('no /dev/full on this machine')
+    out = str(tmp_path / 'rün')
+    status = run_script(fake_cifar, out, '--max_steps', '30', '--eval_freq', '1', **streams())
+    assert status == 0
+    assert json.loads((tmp_path / 'rün' / 'metrics.json').read_text())['status'] == 'completed'
+    assert sorted(os.listdir(out)) == ['curves.png', 'metrics.json']
+
+
+def test_a_cpu_time_limit_stops_a_run_as_a_signal_does(fake_cifar, tmp_path):
+    """SIGXCPU (ulimit -t) ended the run without a word, its record left 'running'."""
+
+    def limit_cpu():
+        resource.setrlimit(resource.RLIMIT_CPU, (3, resource.RLIM_INFINITY))
+
+    out = str(tmp_path / 'run')
+    flags = ('--max_steps', '10000000', '--eval_freq', '1000')
+    done = subprocess.run(
+        [sys.executable, 'train_mlp_numpy.py', '--data_dir', fake_cifar, '--out_dir', out, *flags],
+        cwd=ROOT,
+        timeout=120,
+        preexec_fn=limit_cpu,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 128 + 24 and 'Traceback' not in done.stderr
+    assert 'Stopped by SIGXCPU after step' in done.stderr
+    assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['status'] == 'interrupted'
+    assert sorted(os.listdir(out)) == ['curves.png', 'metrics.json']
