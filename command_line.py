@@ -450,6 +450,7 @@ def cli(train, args):
     143 SIGTERM, 128 + its number another of STOP_SIGNALS (each as Ctrl-C throughout, so that
     a download it stops is cleaned up; the run sets its own handlers while it trains)."""
     from cifar10_utils import CIFAR10Error
+    from train_utils import is_out_of_memory, write_failure
 
     prog = os.path.basename(sys.argv[0])
     with stop_signals(interrupt):
@@ -459,16 +460,15 @@ def cli(train, args):
             print(f'{prog}: error: {e}', file=sys.stderr)
             return 2 if isinstance(e, ValueError) else 1
         except OSError as e:  # a write: a full disk, the run's folder made read-only or deleted
-            print(
-                f'{prog}: error: could not write {e.filename} ({e.strerror}); the run stopped '
-                'there: free some space or choose another --out_dir.',
-                file=sys.stderr,
-            )
+            print(f'{prog}: error: {write_failure(e)}', file=sys.stderr)
             return 1
-        except MemoryError:
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not is_out_of_memory(e):
+                raise
+            done = getattr(e, 'done', 'the run stopped there')
             print(
-                f'{prog}: error: not enough memory for these settings; a smaller --batch_size or '
-                'network needs less.',
+                f'{prog}: error: not enough memory for these settings; {done}: a smaller '
+                '--batch_size or network needs less.',
                 file=sys.stderr,
             )
             return 1

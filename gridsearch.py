@@ -50,7 +50,15 @@ from command_line import (
     seed_int,
 )
 from mlp_pytorch import ACTIVATIONS, BATCHNORMS, INITS, MLP
-from train_utils import ClaimedFolder, atomic_write, plot_heatmap, select_device, write_json
+from train_utils import (
+    ClaimedFolder,
+    atomic_write,
+    is_out_of_memory,
+    plot_heatmap,
+    select_device,
+    write_failure,
+    write_json,
+)
 
 CONNECT_SECONDS = 20  # for the whole handshake with a Dask scheduler
 DEFAULT_GRID = {
@@ -428,8 +436,12 @@ def search(args, out_dir, argv):
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
         print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except OSError as e:  # too many open files for the workers, /dev/shm full
+        done = 'no results were written'
+        print(f'{os.path.basename(sys.argv[0])}: error: {write_failure(e, done)}', file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as e:  # torch's allocator raises RuntimeError
-        if isinstance(e, RuntimeError) and 'allocate' not in str(e):
+        if isinstance(e, RuntimeError) and not is_out_of_memory(e):
             raise
         print(
             f'{os.path.basename(sys.argv[0])}: error: not enough memory for this grid; '
@@ -466,11 +478,8 @@ def search(args, out_dir, argv):
             },
         )
     except OSError as e:
-        print(
-            f'{os.path.basename(sys.argv[0])}: error: could not write {e.filename} '
-            f'({e.strerror}); free some space or choose another --out_dir.',
-            file=sys.stderr,
-        )
+        done = 'the results written before it are whole'
+        print(f'{os.path.basename(sys.argv[0])}: error: {write_failure(e, done)}', file=sys.stderr)
         return 1
     tested = 'not refit' if test_accuracy is None else f'test accuracy {test_accuracy:.4f}'
     if validation_accuracy is not None:  # what the refit is scored on, then tested

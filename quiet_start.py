@@ -11,7 +11,8 @@ import sys
 
 # The signals whose default action ends the process without a word, and that a user or a job
 # scheduler sends: Ctrl-C, kill's default, a closed terminal, Ctrl-\\, the two left to users,
-# an alarm, a CPU-time limit. Each stops a script as Ctrl-C does (command_line.cli, train_utils.Run).
+# an alarm, a CPU-time limit. Each stops a script as Ctrl-C does (command_line.cli,
+# train_utils.Run).
 STOP_SIGNALS = (
     signal.SIGINT,
     signal.SIGTERM,
@@ -95,7 +96,7 @@ class Unfailing:
     """A text stream (stdout, stderr) whose failure ends what it says, not the script: once a
     write fails (the reader of a pipe gone, a full disk) its file is pointed at /dev/null, so
     that later writes and the flush at exit succeed, and the run it reports on goes on. A
-    character its encoding lacks is written as an escape (the stream's errors='backslashreplace')."""
+    character its encoding lacks is written as an escape (errors='backslashreplace')."""
 
     def __init__(self, stream):
         with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper

@@ -4,6 +4,7 @@
 from quiet_start import STOP_SIGNALS
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -51,10 +52,10 @@ class Run:
     that another run on it is refused by, in one sentence). Inside, Ctrl-C, SIGTERM or SIGHUP
     sets stop_requested, which the loop reads between steps (a second one stops at once, and
     after stop_at_once() the first does). Leaving saves metrics.json, then curves.png, with
-    signals held off until both are written: status 'completed', 'interrupted' or
-    'diverged', the flags, the command that reproduces the run, the training loss per step,
-    the loss and accuracy on eval_split per evaluation ('validation': the script sets
-    final_test_accuracy once, at the end), and the wall time."""
+    signals held off until both are written: status 'completed', 'interrupted', 'diverged'
+    or 'failed' (a write or an allocation failed), the flags, the command that reproduces
+    the run, the training loss per step, the loss and accuracy on eval_split per evaluation
+    ('validation': the script sets final_test_accuracy once, at the end), and the wall time."""
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class Run:
         self.stop_requested, self.signal = False, signal.SIGINT
         self.carried = []  # (checkpoint, its name here): what a resumed run brings along
         self.at_once = self.saving = False  # what a signal does now (see _on_signal)
+        self.saved = False  # whether metrics.json holds this run
         self.started = time.perf_counter()
         versions = {
             m: str(sys.modules[m].__version__) for m in ('numpy', 'torch') if m in sys.modules
@@ -163,8 +165,13 @@ class Run:
         if status is not None:
             self.metrics['status'] = status
         write_json(path, self.metrics)  # the small record first, should the disk fill up
+        self.saved = True
         if status is not None:
-            plot_curves(self.metrics, self.path('curves.png'))
+            try:
+                plot_curves(self.metrics, self.path('curves.png'))
+            except OSError as e:  # what cli says of it
+                e.done = f'the run is {status}, and its metrics.json whole'
+                raise
 
     def stop_at_once(self):
         """From here on the first signal stops the run at once (the final test evaluations,
@@ -227,6 +234,14 @@ class Run:
                 self.save('interrupted')
             elif kind is FloatingPointError:
                 self.save('diverged')
+            elif self.saved:  # a failed write, too little memory: the record says so if it can
+                with contextlib.suppress(OSError):
+                    self.save('failed')
+                    step = (self.metrics['steps'] or [0])[-1]
+                    error.done = (
+                        f'the run failed after step {step}; its metrics so far are in '
+                        f'{self.out_dir}'
+                    )
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
@@ -412,6 +427,36 @@ def plot_curves(metrics, path):
         plt.close(fig)
 
 
+# What a user can do about a write that failed, by its errno; else: choose another --out_dir.
+REMEDIES = {
+    errno.ENOSPC: 'free some space, or choose another --out_dir',
+    errno.EDQUOT: 'free some space, or choose another --out_dir',
+    errno.EFBIG: 'raise the file-size limit (ulimit -f), or choose another --out_dir',
+    errno.EMFILE: 'raise the limit on open files (ulimit -n)',
+    errno.ENFILE: "close other programs: the system's open files are at their limit",
+    errno.EACCES: 'make the folder writable again, or choose another --out_dir',
+    errno.EPERM: 'make the folder writable again, or choose another --out_dir',
+    errno.EROFS: 'choose another --out_dir, on a disk that can be written',
+    errno.EISDIR: 'remove the folder that stands in its place, or choose another --out_dir',
+}
+
+
+def write_failure(error, done='the run stopped there'):
+    """The sentence for OSError error of a write: the file and why, what was kept (the
+    error's own .done, else done), and what to do."""
+    what = f'could not write {error.filename} ({error.strerror})'
+    if not error.filename:  # not a file of the run's: too many open files
+        what = error.strerror or str(error)
+    remedy = REMEDIES.get(error.errno, 'choose another --out_dir')
+    return f'{what}; {getattr(error, "done", done)}: {remedy}.'
+
+
+def is_out_of_memory(error):
+    """Whether a RuntimeError is torch's failed allocation (on the CPU it is no MemoryError)."""
+    text = str(error)
+    return "can't allocate memory" in text or 'out of memory' in text
+
+
 # atomic_write's temporary files: .NAME.PID.RANDOM.tmp
 TEMPORARY = re.compile(r'\..+\.[0-9]+\.[0-9a-f]{8}\.tmp')
 
@@ -430,6 +475,7 @@ def atomic_write(path, write):
     except BaseException as e:
         with contextlib.suppress(OSError):  # its folder may be gone
             os.unlink(tmp)
-        if isinstance(e, OSError):  # a full disk, a folder made read-only or deleted
-            raise OSError(e.errno, e.strerror, path) from None
+        cause = e.__context__ if isinstance(e, RuntimeError) else e  # torch.save wraps OSError
+        if isinstance(cause, OSError):  # a full disk, a folder made read-only or deleted
+            raise OSError(cause.errno, cause.strerror, path) from None
         raise

@@ -61,7 +61,7 @@ FRACTIONS = {
     'best.json': ('best_cv_score', 'test_accuracy'),
 }
 # The statuses train_utils.Run records.
-STATUSES = ('running', 'completed', 'interrupted', 'diverged')
+STATUSES = ('running', 'completed', 'interrupted', 'diverged', 'failed')
 # What the report reads from the records train_utils.Run and gridsearch.py write, with its type.
 SHAPES = {
     'metrics.json': {

@@ -4,6 +4,7 @@ checkpoint, no longer those of the run its record describes); the temporary file
 run, which no later run removed; a fractional step count in a checkpoint; a download answer
 that came after the deadline, left open."""
 
+import errno
 import json
 import os
 import resource
@@ -14,11 +15,15 @@ import time
 
 import pytest
 from conftest import ROOT, one_error, small_run, write_fake_cifar
+from test_faults_round2 import full_disk
 from test_faults_round11 import grid, numpy_checkpoint, set_in
 
 import cifar10_utils
+import gridsearch
 import train_convnet_numpy
 import train_convnet_pytorch
+import train_mlp_numpy
+import train_mlp_pytorch
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread', 'small_convnets')
 
@@ -170,3 +175,86 @@ def test_a_cpu_time_limit_stops_a_run_as_a_signal_does(fake_cifar, tmp_path):
     assert 'Stopped by SIGXCPU after step' in done.stderr
     assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['status'] == 'interrupted'
     assert sorted(os.listdir(out)) == ['curves.png', 'metrics.json']
+
+
+# ---------------------------------------------- write failures: what failed, what was kept
+
+
+def test_a_file_size_limit_during_a_torch_checkpoint(fake_cifar, tmp_path):
+    """torch.save raised RuntimeError ("unexpected pos") while handling the EFBIG, which left
+    a traceback and metrics.json at "running"."""
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.RLIM_INFINITY))
+
+    out = tmp_path / 'run'
+    done = subprocess.run(
+        [sys.executable, 'train_convnet_pytorch.py', *small_run(fake_cifar, out)],
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=limit_files,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f'train_convnet_pytorch.py: error: could not write {out / "last.pt"} (File too large); '
+        f'the run failed after step 2; its metrics so far are in {out}: raise the file-size '
+        'limit (ulimit -f), or choose another --out_dir.'
+    )
+    assert json.loads((out / 'metrics.json').read_text())['status'] == 'failed'
+    assert sorted(os.listdir(out)) == ['curves.png', 'metrics.json']
+
+
+def test_curves_that_cannot_be_written_after_a_completed_run(
+    fake_cifar, tmp_path, monkeypatch, capsys
+):
+    """The run said "the run stopped there" while its metrics.json said "completed"."""
+    if not os.path.exists('/dev/full'):
+        pytest.skip('no /dev/full on this machine')
+    full_disk(monkeypatch, 'curves')
+    out = tmp_path / 'run'
+    assert train_mlp_numpy.main(small_run(fake_cifar, out)) == 1
+    assert one_error(capsys).endswith(
+        f'could not write {out / "curves.png"} (No space left on device); the run is '
+        'completed, and its metrics.json whole: free some space, or choose another --out_dir.'
+    )
+    assert json.loads((out / 'metrics.json').read_text())['status'] == 'completed'
+    assert os.listdir(out) == ['metrics.json']
+
+
+def test_torch_out_of_memory_mid_run(fake_cifar, tmp_path, monkeypatch, capsys):
+    """On a CPU torch's failed allocation is a RuntimeError, not a MemoryError: a traceback."""
+    forward, calls = train_mlp_pytorch.MLP.forward, []
+
+    def allocate_at_third_step(self, x):
+        calls.append(1)
+        if len(calls) == 5:  # steps 1 and 2, their evaluations, then step 3
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to ...")
+        return forward(self, x)
+
+    monkeypatch.setattr(train_mlp_pytorch.MLP, 'forward', allocate_at_third_step)
+    out = tmp_path / 'run'
+    flags = small_run(fake_cifar, out, '--eval_freq', '1')
+    assert train_mlp_pytorch.main(flags) == 1
+    assert one_error(capsys).endswith(
+        'error: not enough memory for these settings; the run failed after '
+        f'step 2; its metrics so far are in {out}: a smaller --batch_size or network needs less.'
+    )
+    assert json.loads((out / 'metrics.json').read_text())['status'] == 'failed'
+
+
+def test_a_grid_that_runs_out_of_open_files(tmp_path, monkeypatch, capsys):
+    """ulimit -n 9 with --n_jobs 2: an OSError traceback from GridSearchCV.fit."""
+
+    def fit(self, x, y):
+        raise OSError(errno.EMFILE, 'Too many open files')
+
+    monkeypatch.setattr(gridsearch.GridSearchCV, 'fit', fit)
+    fake = write_fake_cifar(tmp_path / 'data')
+    assert grid(fake, tmp_path / 'grid', '--batch_size', '20') == 1
+    assert one_error(capsys).endswith(
+        'error: Too many open files; no results were written: raise the limit on '
+        'open files (ulimit -n).'
+    )
+    assert not (tmp_path / 'grid').exists()
