@@ -398,6 +398,8 @@ def main(argv=None):
         help='only print the NumPy ConvNet step layer by layer, at batch 32',
     )
     args = p.parse_args(argv)
+    if args.profile and (args.out or args.quick):  # it would run without them
+        p.error('--profile only prints the profile: it takes no --out and no --quick.')
     folder = os.path.dirname(os.path.abspath(args.out or '.'))
     if args.out and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         p.error(f'--out {args.out}: its folder does not exist or cannot be written to.')

@@ -6,10 +6,12 @@
 Images keep the course's pixel scale (0..255) minus the training set's mean image.
 """
 
+import contextlib
 import hashlib
 import http.client
 import os
 import pickle
+import re
 import shutil
 import sys
 import tarfile
@@ -86,6 +88,8 @@ def load_batch(path):
             batch = _BatchUnpickler(f, encoding='latin1').load()
     except FileNotFoundError:
         raise CIFAR10Error(f'{path} is missing.') from None
+    except MemoryError:  # the machine's, not the file's fault
+        raise
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a damaged stream
         if isinstance(e, pickle.UnpicklingError) and str(e).startswith('refusing'):
             raise CIFAR10Error(
@@ -132,9 +136,15 @@ def download_cifar10(data_dir, url=None, md5=None):
     official ones) and extracts it with tarfile's 'data' filter into a temporary folder beside
     data_dir, renamed data_dir only once complete: a failed download leaves nothing behind."""
     url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
-    md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).lower()
+    md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).strip().lower()
+    if not re.fullmatch('[0-9a-f]{32}', md5):  # else a whole download to say it differs
+        raise CIFAR10Error(f'CIFAR10_MD5={md5!r} is not an MD5 sum (32 hexadecimal digits).')
     data_dir = os.path.abspath(data_dir)
     parent = os.path.dirname(data_dir)
+    made, folder = [], parent  # the folders above data_dir this download makes, innermost first
+    while not os.path.lexists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
     if os.path.islink(data_dir) and not os.path.exists(data_dir):  # the data could not go there
         raise CIFAR10Error(
             f'{data_dir} is a symbolic link to {os.readlink(data_dir)}, which does not exist; '
@@ -218,6 +228,9 @@ def download_cifar10(data_dir, url=None, md5=None):
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made if not os.path.isdir(data_dir) else ():  # failed: as it was
+            with contextlib.suppress(OSError):  # not empty: another's since
+                os.rmdir(folder)
 
 
 def open_url(url):

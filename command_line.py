@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import signal
+import stat
 import sys
 
 
@@ -43,8 +44,8 @@ def _number(convert, low_ok, what, high=math.inf, high_ok=True):
     high_ok), else FlagError with `what` it expected."""
 
     def parse(text):
-        try:
-            value = convert(text)
+        try:  # Python's own spellings too: 1_000, and digits of other scripts (٣)
+            value = convert(text) if text.isascii() and '_' not in text else math.nan
         except ValueError:
             value = math.nan
         low = value > 0 or (low_ok and value == 0)
@@ -68,6 +69,14 @@ seed_int = _number(int, True, 'an integer from 0 to 4294967295', 2**32 - 1)
 crop_padding = _number(int, True, 'an integer from 0 to 16 (half an image)', 16)
 # A hundred million steps: days for the smallest network here; more is a typo, not a run.
 step_count = _number(int, False, 'an integer from 1 to 100000000', 10**8)
+
+
+def path(text):
+    """A flag type: a file's or folder's path, any text but an empty one (an unset shell
+    variable, --out_dir "$DIR", which would else mean the default)."""
+    if not text.strip():
+        raise FlagError(f'expected a path, got {text!r}')
+    return text
 
 
 def hidden_units(text):
@@ -140,6 +149,7 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     )
     p.add_argument(
         '--data_dir',
+        type=path,
         help='folder with the CIFAR-10 batch files, downloaded there '
         'when missing (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)',
     )
@@ -159,6 +169,7 @@ def make_parser(doc, learning_rate, max_steps, batch_size, eval_freq, presets=No
     )
     p.add_argument(
         '--out_dir',
+        type=path,
         help='folder for metrics.json, curves.png and checkpoints '
         '(default: a new folder under runs/)',
     )
@@ -211,6 +222,7 @@ def add_convnet_flags(p, optimizer, checkpoint):
     )
     p.add_argument(
         '--resume',
+        type=path,
         metavar='PATH',
         help=f'continue a run from its last.{checkpoint} or best.{checkpoint}, with its flags, '
         'in its folder',
@@ -312,17 +324,22 @@ def check_arguments(parser, values):
             if not ok:
                 raise ValueError(f'{name} must be {action.type.what}, got {value!r}.')
             values[name] = action.type(str(value))  # a NumPy scalar as the Python number
-        elif action.type is None and not isinstance(value, (str, os.PathLike)):
-            raise ValueError(f'{name} must be a path (a string), got {value!r}.')
+        elif action.type is path and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f'{name} must be a path (a non-empty string), got {value!r}.')
 
 
 def output_file(text):
-    """argparse type: the path of a file to write, checked before any work: not a folder, not
-    in a run's folder (its records are not to be replaced), and below a folder this user can
-    write to (the nearest that exists: the script makes the rest)."""
+    """argparse type: the path of a file to write, checked before any work: a plain file if
+    it exists (not a folder, link, device or pipe, which the write would replace), not in a
+    run's folder (its records are not to be replaced), and below a folder this user can write
+    to (the nearest that exists: the script makes the rest)."""
     path = os.path.abspath(text)
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f'{text} is a folder; give the path of a file to write.')
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise argparse.ArgumentTypeError(  # the write would replace it with a file
+            f'{text} is a link, a device or a pipe; give the path of a plain file to write.'
+        )
     folder = os.path.dirname(path)
     if any(os.path.exists(os.path.join(folder, n)) for n in ('metrics.json', 'best.json')):
         raise argparse.ArgumentTypeError(
@@ -371,17 +388,20 @@ def read_json(path, largest=2**20):
         raise ValueError(f'{path} {e}.') from None
 
 
-def check_memory(n_numbers, what):
-    """ValueError when n_numbers float32 values are more than this machine's memory holds:
-    a network too large to work fails in one sentence before it is built, not in the kernel's
-    out-of-memory killer."""
-    need, have = 4 * n_numbers, math.inf  # inf where the system does not say
+def check_mlp_memory(hidden_units, name):
+    """ValueError when an MLP with these hidden layers (name: the flag that gave them) needs
+    more than this machine's memory: its weights, their gradients, two optimizer moments and
+    a scratch array, in float32. A network too large to work fails in one sentence before it
+    is built, not in the kernel's out-of-memory killer."""
+    sizes = [3 * 32 * 32, *hidden_units, 10]  # CIFAR-10's pixels in, its classes out
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    need, have = 4 * 5 * weights, math.inf  # inf where the system does not say
     with contextlib.suppress(ValueError, OSError, AttributeError):
         have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     if need > have:
         raise ValueError(
-            f'{what} needs at least {need / 1e9:.0f} GB, more than the '
-            f'{have / 1e9:.0f} GB of this machine.'
+            f'{name} {",".join(map(str, hidden_units))} needs at least {need / 1e9:.0f} GB, '
+            f'more than the {have / 1e9:.0f} GB of this machine.'
         )
 
 
@@ -410,22 +430,6 @@ def parse_with_preset(parser, argv, presets):
     """Parses argv; a --preset's values become the defaults, so explicit flags still win."""
     preset = parser.parse_known_args(argv)[0].preset
     parser.set_defaults(**presets.get(preset, {}))  # None: no --preset
-    return parser.parse_args(argv)
-
-
-def resume_defaults(parser, argv, args, read_flags):
-    """args, or with --resume the command line parsed again with the flags that read_flags
-    (a checkpoint's path -> the flags it was started with) returns as the defaults, so that
-    only the flags given explicitly change."""
-    if args.resume is None:
-        return args
-    try:
-        saved = read_flags(args.resume)
-    except ValueError as e:
-        parser.error(str(e))
-    parser.set_defaults(
-        **{k: v for k, v in saved.items() if k not in ('out_dir', 'resume', 'overwrite')}
-    )
     return parser.parse_args(argv)
 
 

@@ -8,12 +8,11 @@ k-fold cross-validation scores each setting of the grid: train on k - 1 folds, m
 accuracy on the fold left out, k times over, and average. Each fit trains on the whole of its
 training folds, reshuffled every epoch and in whole batches as the train scripts take them,
 on the inputs they use, so a CV score estimates what train_mlp_pytorch.py reaches with that
-setting. The best setting is then refit
-on the whole training set and tested once. Writes to --out_dir: cv_results.csv, results.md,
-results.tex, heatmap.png and best.json.
+setting. The best setting is then refit on the whole training set and tested once. Writes to
+--out_dir: cv_results.csv, results.md, results.tex, heatmap.png and best.json.
 """
 
-from quiet_start import STOP_SIGNALS, stop_signals  # (first: see its docstring)
+from quiet_start import on_stop_signals, stop_signals  # (first: see its docstring)
 
 import contextlib
 import csv
@@ -43,8 +42,10 @@ from command_line import (
     ArgumentParser,
     architectures,
     check_batch_statistics,
+    check_mlp_memory,
     comma_list,
     non_negative_int,
+    path,
     positive_int,
     read_json,
     seed_int,
@@ -121,8 +122,12 @@ def build_grid(args):
         ok, what = CHECKS[key]
         if bad := [v for v in values if not ok(v)]:
             raise ValueError(f'grid key {key!r}: every value must be {what}, got {bad[0]!r}.')
+        if twice := [v for i, v in enumerate(values) if v in values[:i]]:  # a fit done twice
+            raise ValueError(f'grid key {key!r} lists {twice[0]!r} twice.')
     if 'momentum' in grid and set(grid['optimizer']) != {'sgd'}:
         raise ValueError("grid key 'momentum' applies only to the optimizer 'sgd'.")
+    for units in grid['hidden_units']:  # before the first fit, not in it
+        check_mlp_memory(units, 'the architecture')
     return grid
 
 
@@ -222,7 +227,7 @@ def connect(scheduler):
 def build_parser():
     p = ArgumentParser(description=__doc__.split('\n\n')[0])
     g = p.add_argument_group('the grid (each flag a comma-separated list; flags beat --grid)')
-    g.add_argument('--grid', help='JSON file of lists, e.g. {"dropout": [0.0, 0.2]}')
+    g.add_argument('--grid', type=path, help='JSON file of lists, e.g. {"dropout": [0.0, 0.2]}')
     g.add_argument(
         '--hidden_units',
         type=architectures,
@@ -274,10 +279,11 @@ def build_parser():
     )
     p.add_argument(
         '--data_dir',
+        type=path,
         help='CIFAR-10 batch folder (default: $CIFAR10_DIR, else cifar10/cifar-10-batches-py)',
     )
     p.add_argument('--seed', type=seed_int, default=42, help='seed of the folds and of every fit')
-    p.add_argument('--out_dir', help='output folder (default: a new folder under runs/)')
+    p.add_argument('--out_dir', type=path, help='output folder (default: a new folder under runs/)')
     p.add_argument(
         '--overwrite',
         action='store_true',
@@ -335,18 +341,22 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def error(message, status):
+    """Says message as this script's one-line error; returns the exit status, status."""
+    print(f'{os.path.basename(sys.argv[0])}: error: {message}', file=sys.stderr)
+    return status
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir or time.strftime('runs/gridsearch-%Y%m%d-%H%M%S'))
-    # From here a signal raises Interrupted: the fits stop, the claim is given up, and no
-    # result is written (search holds signals off while it writes them).
+    # A signal raises Interrupted, which stops the fits and writes nothing (search holds it off).
     with stop_signals(stop):
         try:  # the folder is this search's until it ends: a second one on it is refused
             with ClaimedFolder(out_dir, args.overwrite):
                 return search(args, out_dir, argv)
         except ValueError as e:
-            print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
-            return 2
+            return error(e, 2)
         except (Interrupted, KeyboardInterrupt) as e:  # and one not raised by stop()
             get_reusable_executor().shutdown(kill_workers=True)  # loky's fits stop with it
             print('Interrupted; no results were written.', file=sys.stderr)
@@ -375,7 +385,9 @@ def search(args, out_dir, argv):
         train, validation, test = data['train'], data['validation'], data['test']
         x, y = train.images, train.labels
         if n is not None and n > len(y):
-            raise ValueError(f'--subsample {n} is more than the {len(y)} training images.')
+            left = f' left by --validation_size {args.validation_size}'
+            left = left if args.validation_size else ''
+            raise ValueError(f'--subsample {n} is more than the {len(y)} training images{left}.')
         if n is not None and n < len(y):  # n images, each class in its share
             keep, _ = train_test_split(
                 np.arange(len(y)), train_size=n, stratify=y, random_state=args.seed
@@ -434,25 +446,16 @@ def search(args, out_dir, argv):
                 validation_accuracy = float(net.score(validation.images, validation.labels))
             test_accuracy = float(net.score(test.images, test.labels))
     except (ValueError, cifar10_utils.CIFAR10Error) as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1
+        return error(e, 2 if isinstance(e, ValueError) else 1)
     except OSError as e:  # too many open files for the workers, /dev/shm full
-        done = 'no results were written'
-        print(f'{os.path.basename(sys.argv[0])}: error: {write_failure(e, done)}', file=sys.stderr)
-        return 1
+        return error(write_failure(e, 'no results were written'), 1)
     except (MemoryError, RuntimeError) as e:  # torch's allocator raises RuntimeError
         if isinstance(e, RuntimeError) and not is_out_of_memory(e):
             raise
-        print(
-            f'{os.path.basename(sys.argv[0])}: error: not enough memory for this grid; '
-            'smaller hidden layers or batches need less.',
-            file=sys.stderr,
-        )
-        return 1
+        return error('not enough memory for this grid; smaller layers or batches need less.', 1)
 
     held = []  # a signal while the results are written waits until they are whole
-    for s in STOP_SIGNALS:
-        signal.signal(s, lambda signum, frame: held.append(signum))
+    on_stop_signals(lambda signum, frame: held.append(signum))
     try:  # a full disk or a folder gone: one sentence, and no file half-written
         write_results(
             out_dir,
@@ -478,9 +481,7 @@ def search(args, out_dir, argv):
             },
         )
     except OSError as e:
-        done = 'the results written before it are whole'
-        print(f'{os.path.basename(sys.argv[0])}: error: {write_failure(e, done)}', file=sys.stderr)
-        return 1
+        return error(write_failure(e, 'the results written before it are whole'), 1)
     tested = 'not refit' if test_accuracy is None else f'test accuracy {test_accuracy:.4f}'
     if validation_accuracy is not None:  # what the refit is scored on, then tested
         tested = f'validation accuracy {validation_accuracy:.4f}; {tested}'

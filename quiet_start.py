@@ -2,10 +2,12 @@
 to load: until the script's own handlers take over (stop_signals), Ctrl-C, SIGTERM or another
 of STOP_SIGNALS ends it with one sentence and status 128 + the signal's number, not a
 traceback from inside `import torch`, and once they hand back, one that says the script was
-exiting. Only when a script runs: importing one (as the tests do) changes nothing."""
+exiting. Also the standard streams (open_standard_streams) and a library that cannot be
+loaded (unable). Only when a script runs: importing one (as the tests do) changes nothing."""
 
 import contextlib
 import os
+import resource
 import signal
 import sys
 
@@ -70,11 +72,27 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
+def on_stop_signals(handler):
+    """Sets handler(signum, frame) for each of STOP_SIGNALS; returns the handlers from before.
+    Past the soft CPU-time limit (ulimit -t) the kernel sends SIGXCPU again every CPU second:
+    the first lifts the soft limit to the hard one, so that no repeat cuts short the save and
+    the exit it asked for (the hard limit still ends the script)."""
+
+    def call(signum, frame):
+        if signum == signal.SIGXCPU:
+            with contextlib.suppress(ValueError, OSError):
+                hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+                resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        handler(signum, frame)
+
+    return {s: signal.signal(s, call) for s in STOP_SIGNALS}
+
+
 @contextlib.contextmanager
 def stop_signals(handler):
     """Inside the block each of STOP_SIGNALS calls handler(signum, frame); after it, the handlers
     from before, which exiting() has told that the script is ending."""
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    previous = on_stop_signals(handler)
     try:
         yield
     finally:
@@ -138,7 +156,23 @@ def open_standard_streams():
     sys.stderr = Unfailing(sys.stderr or open(2, 'w', closefd=False))
 
 
+def unable(kind, error, trace):
+    """sys.excepthook: a library that cannot be loaded, or memory that runs out outside the
+    script's own handlers (command_line.cli's), is one sentence, not a traceback."""
+    prog = os.path.basename(sys.argv[0])
+    limit = 'the memory limit (ulimit -v) if one is set'
+    if issubclass(kind, ImportError):  # not installed, or a memory limit with no room to map it
+        problem = f'could not load a library it needs ({error}): install requirements.txt '
+        problem += f'(see README.md), or raise {limit}'
+    elif issubclass(kind, MemoryError):
+        problem = f'not enough memory: free some, or raise {limit}'
+    else:
+        return sys.__excepthook__(kind, error, trace)
+    print(f'{prog}: error: {problem}.', file=sys.stderr)
+
+
 if os.path.basename(sys.argv[0]) in SCRIPTS:
+    sys.excepthook = unable
     open_standard_streams()
     for _signal in STOP_SIGNALS:
         signal.signal(_signal, _stop)

@@ -1,6 +1,7 @@
 """Going on from a checkpoint, for the two ConvNet scripts (each writes its own format): the
-checkpoint's record checked on reading, the step and folder the run resumes at, and the
-metrics and best checkpoint it carries along."""
+command line read again with the checkpoint's flags as defaults, its record checked on
+reading, the step and folder the run resumes at, and the metrics and best checkpoint it
+carries along."""
 
 import math
 import numbers
@@ -195,3 +196,19 @@ def continue_run(run, saved_metrics, resume, saved_step, best_name, last_name):
             run.carried.append((best, best_name))
         if saved_step == run.metrics['flags']['max_steps']:
             run.carried.append((resume, last_name))
+
+
+def resume_defaults(parser, argv, args, read_flags):
+    """args, or with --resume the command line parsed again with the flags that read_flags
+    (a checkpoint's path -> the flags it was started with) returns as the defaults, so that
+    only the flags given explicitly change."""
+    if args.resume is None:
+        return args
+    try:
+        saved = read_flags(args.resume)
+    except ValueError as e:
+        parser.error(str(e))
+    parser.set_defaults(
+        **{k: v for k, v in saved.items() if k not in ('out_dir', 'resume', 'overwrite')}
+    )
+    return parser.parse_args(argv)

@@ -27,11 +27,17 @@ from command_line import (
     check_batch_size,
     cli,
     make_parser,
-    resume_defaults,
 )
 from convnet_numpy import ConvNet
 from modules import CrossEntropyModule
-from resume import check_is_file, check_record, check_state, continue_run, resume_point
+from resume import (
+    check_is_file,
+    check_record,
+    check_state,
+    continue_run,
+    resume_defaults,
+    resume_point,
+)
 from train_utils import (
     Run,
     atomic_write,
@@ -150,7 +156,8 @@ def read_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
-        record = json.loads(arrays.pop('record').tobytes())
+        record = arrays.pop('record', None)  # None: a .pt of train_convnet_pytorch.py's, say
+        record = None if record is None else json.loads(record.tobytes())
     except FileNotFoundError:
         raise ValueError(f'checkpoint {path} does not exist.') from None
     except Exception as e:  # not a zip, not an array, not JSON: numpy's messages vary

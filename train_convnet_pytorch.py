@@ -15,6 +15,7 @@ import quiet_start  # noqa: F401 (first: see its docstring)
 
 import sys
 import time
+import zipfile
 from functools import partial
 
 import numpy as np
@@ -30,7 +31,6 @@ from command_line import (
     cli,
     make_parser,
     parse_with_preset,
-    resume_defaults,
 )
 from convnet_pytorch import ConvNet
 from resume import (
@@ -39,6 +39,7 @@ from resume import (
     check_state,
     continue_run,
     has_form,
+    resume_defaults,
     resume_point,
 )
 from train_utils import (
@@ -198,12 +199,18 @@ def read_checkpoint(path):
     values, never code); ValueError with one sentence when it is not one."""
     check_is_file(path)
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first member whose CRC fails (torch.load's
+            ours = any(n.endswith('/data.pkl') for n in archive.namelist())  # checks none)
+        if damaged is None and ours:  # (not ours: an .npz of train_convnet_numpy.py's, say)
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise ValueError(f'checkpoint {path} does not exist.') from None
     except Exception as e:  # torch's own messages run over many lines
         raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
-    if not (
+    if damaged is not None:
+        raise ValueError(f'{path} is not a readable checkpoint: its {damaged} is damaged.')
+    if not ours or not (
         isinstance(state, dict) and {'model', 'optimizer', 'step', 'flags', 'metrics'} <= set(state)
     ):
         raise ValueError(f'{path} is not a checkpoint of train_convnet_pytorch.py.')

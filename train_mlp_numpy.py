@@ -20,7 +20,7 @@ from command_line import (
     check_arguments,
     check_batch_size,
     check_batch_statistics,
-    check_memory,
+    check_mlp_memory,
     cli,
     hidden_layers,
     make_parser,
@@ -137,10 +137,7 @@ def train(
     flags = dict(locals())  # every argument, as metrics.json records them
     check_arguments(build_parser(), flags)
     flags['dnn_hidden_units'] = dnn_hidden_units = hidden_layers(dnn_hidden_units)
-    sizes = [3 * 32 * 32, *dnn_hidden_units, cifar10_utils.N_CLASSES]
-    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
-    # the weights, their gradients, two optimizer moments and the update's temporaries, float32
-    check_memory(5 * weights, f'--dnn_hidden_units {",".join(map(str, sizes[1:-1]))}')
+    check_mlp_memory(dnn_hidden_units, '--dnn_hidden_units')
     check_batch_statistics(batchnorm, batch_size)
 
     split = 'validation' if validation_size else 'test'  # what the evaluations use

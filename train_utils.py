@@ -1,7 +1,7 @@
 """Chores the train scripts share, none of them the lesson: device choice, the run folder
 (metrics.json, curves.png), the progress bar, Ctrl-C and SIGTERM."""
 
-from quiet_start import STOP_SIGNALS
+from quiet_start import on_stop_signals
 
 import contextlib
 import errno
@@ -220,7 +220,7 @@ class Run:
             raise
         self.bar, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+            self._previous = on_stop_signals(self._on_signal)
         return self
 
     def __exit__(self, kind, error, traceback):

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import stat
+import warnings
 
 
 class ReportError(Exception):
@@ -213,20 +214,25 @@ def group_problem(data):
 
 
 def is_png(data):
-    """Whether data is a whole PNG image: its signature, and every chunk's checksum (Pillow's
-    verify)."""
+    """Whether data is a whole PNG image: its signature, every chunk's checksum (Pillow's
+    verify), and a size Pillow opens without a decompression-bomb warning (under 89 million
+    pixels: the figures here have about a million)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data.startswith(b'\x89PNG\r\n\x1a\n'):
         return False
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
     except (
         OSError,
         SyntaxError,
         ValueError,
         UnidentifiedImageError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
     ):  # (SyntaxError: Pillow's "broken PNG")
         return False
     return True

@@ -123,7 +123,11 @@ def rerun_into(run, name, fresh, folder):
         child.send_signal(stop.args[0] if stop.args else signal.SIGINT)
         child.wait()
         shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)
-        print(f'make_report: the rerun of {name} was stopped; {run.path} is as it was.')
+        print(
+            f'make_report: the rerun of {name} was stopped and its {fresh} removed; '
+            f'{run.path} is as it was.',
+            file=sys.stderr,
+        )
         raise
     if status != 0:
         shutil.rmtree(os.path.join(ROOT, fresh), ignore_errors=True)

@@ -82,7 +82,7 @@ def write_garbage(path):
         (['--resume', '{tmp}/missing.pt'], 'error: checkpoint {tmp}/missing.pt does not exist.'),
         (
             ['--resume', '{garbage}'],
-            'error: {garbage} is not a readable checkpoint (UnpicklingError).',
+            'error: {garbage} is not a readable checkpoint (BadZipFile).',
         ),
     ],
 )
