@@ -49,11 +49,14 @@ MLP_CONFIGS = (
 # Run in a fresh process, timing the load alone (not the interpreter's start or the imports).
 LOAD = """import sys, time, numpy as np, cifar10_utils as cu
 start = time.perf_counter()
-if sys.argv[1] == 'floor':  # read the six batch files (unpickled safely) as float32, no more
-    for name in cu.TRAIN_FILES + cu.TEST_FILES:
-        np.asarray(cu.load_batch(f'{sys.argv[2]}/{name}')[0], dtype=np.float32)
-else:
-    cu.get_cifar10(sys.argv[2])
+try:
+    if sys.argv[1] == 'floor':  # read the six batch files (unpickled safely) as float32, no more
+        for name in cu.TRAIN_FILES + cu.TEST_FILES:
+            np.asarray(cu.load_batch(f'{sys.argv[2]}/{name}')[0], dtype=np.float32)
+    else:
+        cu.get_cifar10(sys.argv[2])
+except cu.CIFAR10Error as e:  # its sentence, which run_python passes on
+    sys.exit(str(e))
 print(time.perf_counter() - start)"""
 
 
@@ -325,16 +328,18 @@ def profile_convnet_numpy(batch=32, repeats=5):
 
 
 def run_python(*args):
-    """(seconds from start to exit, stdout) of `python *args` in the project folder."""
+    """(seconds from start to exit, stdout) of `python *args` in the project folder;
+    ValueError with the last line it printed on stderr when it fails (a damaged batch file)."""
     start = time.perf_counter()
-    out = subprocess.run(
+    done = subprocess.run(
         [sys.executable, *args],
         cwd=os.path.dirname(os.path.abspath(__file__)),
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    return time.perf_counter() - start, out
+    )
+    if done.returncode != 0:
+        raise ValueError((done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1])
+    return time.perf_counter() - start, done.stdout
 
 
 def bench_loading(quick, step_seconds):
@@ -408,6 +413,9 @@ def main(argv=None):
             return profile_convnet_numpy() if args.profile else benchmark(args)
         except KeyboardInterrupt as e:
             return stopped('benchmark.py', e, '; nothing was written.')
+        except ValueError as e:  # the data a timed run of a script of this project read
+            print(f'benchmark.py: error: {e}', file=sys.stderr)
+            return 1
         except OSError as e:
             print(
                 f'benchmark.py: error: could not write {e.filename} ({e.strerror}).',

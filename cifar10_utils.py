@@ -88,6 +88,11 @@ def load_batch(path):
             batch = _BatchUnpickler(f, encoding='latin1').load()
     except FileNotFoundError:
         raise CIFAR10Error(f'{path} is missing.') from None
+    except (PermissionError, IsADirectoryError) as e:  # not the file's fault: keep it
+        raise CIFAR10Error(
+            f'{path} cannot be read ({e.strerror}); make it a readable file, or point '
+            '--data_dir or CIFAR10_DIR at another copy.'
+        ) from None
     except MemoryError:  # the machine's, not the file's fault
         raise
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a damaged stream
@@ -136,9 +141,12 @@ def download_cifar10(data_dir, url=None, md5=None):
     official ones) and extracts it with tarfile's 'data' filter into a temporary folder beside
     data_dir, renamed data_dir only once complete: a failed download leaves nothing behind."""
     url = url or os.environ.get('CIFAR10_URL') or CIFAR10_URL
-    md5 = (md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5).strip().lower()
-    if not re.fullmatch('[0-9a-f]{32}', md5):  # else a whole download to say it differs
+    md5 = md5 or os.environ.get('CIFAR10_MD5') or CIFAR10_MD5
+    if not isinstance(url, str):
+        raise CIFAR10Error(f'the URL to download CIFAR-10 from must be text, got {url!r}.')
+    if not (isinstance(md5, str) and re.fullmatch('[0-9a-fA-F]{32}', md5.strip())):
         raise CIFAR10Error(f'CIFAR10_MD5={md5!r} is not an MD5 sum (32 hexadecimal digits).')
+    md5 = md5.strip().lower()  # (else a whole download only to say that it differs)
     data_dir = os.path.abspath(data_dir)
     parent = os.path.dirname(data_dir)
     made, folder = [], parent  # the folders above data_dir this download makes, innermost first
@@ -270,6 +278,11 @@ def call_within(seconds, make):
 
 def ensure_cifar10(data_dir, download=True):
     """Returns data_dir once it holds the batch files, downloading them when allowed."""
+    if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):  # else: missing
+        raise CIFAR10Error(
+            f'{data_dir} cannot be read (permission denied); make it readable (chmod u+rx), '
+            'or point --data_dir or CIFAR10_DIR at another copy.'
+        )
     missing = [n for n in BATCH_FILES if not os.path.isfile(os.path.join(data_dir, n))]
     if not missing:
         return data_dir
@@ -321,10 +334,11 @@ class DataSet:
     def next_batch(self, batch_size):
         """The next (images, labels) batch. An epoch's last incomplete batch is skipped (every
         batch has batch_size examples), then the order is reshuffled and epochs_completed grows."""
-        if not 0 < batch_size <= self.num_examples:
+        whole = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+        if not (whole and 0 < batch_size <= self.num_examples):
             raise ValueError(
-                f'batch_size must be between 1 and the number of examples, '
-                f'{self.num_examples}, got {batch_size}.'
+                f'batch_size must be an integer from 1 to the number of examples, '
+                f'{self.num_examples}, got {batch_size!r}.'
             )
         start = self._index_in_epoch
         if start + batch_size > self.num_examples:
@@ -399,10 +413,16 @@ def get_cifar10(data_dir=None, one_hot=True, validation_size=0, download=True, s
         validation_size: how many training images are held out as the validation set, drawn
             stratified (each class in its share) by the seed; the rest stay in order.
         seed: seeds the validation draw and next_batch's shuffling, for reproducible runs.
-    Raises ValueError (a bad validation_size), CIFAR10Error (data not found, downloaded or read).
+    Raises ValueError (a bad argument), CIFAR10Error (data not found, downloaded or read).
     """
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
         raise ValueError(f'validation_size must be an integer, got {validation_size!r}.')
+    if not isinstance(one_hot, bool):  # one_hot='no' would be taken as True
+        raise ValueError(f'one_hot must be True or False, got {one_hot!r}.')
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f'seed must be None or an integer >= 0, got {seed!r}.')
     data_dir = ensure_cifar10(data_dir or default_data_dir(), download)
     raw, labels = zip(*(load_batch(os.path.join(data_dir, n)) for n in TRAIN_FILES))
     test_x, test_y = load_batch(os.path.join(data_dir, TEST_FILES[0]))

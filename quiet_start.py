@@ -5,6 +5,7 @@ traceback from inside `import torch`, and once they hand back, one that says the
 exiting. Also the standard streams (open_standard_streams) and a library that cannot be
 loaded (unable). Only when a script runs: importing one (as the tests do) changes nothing."""
 
+import atexit
 import contextlib
 import os
 import resource
@@ -171,8 +172,19 @@ def unable(kind, error, trace):
     print(f'{prog}: error: {problem}.', file=sys.stderr)
 
 
+def _ignore_stop_signals():
+    """atexit's last call (registered first): the interpreter then sets Python's handlers back
+    to the defaults, which end the process by the signal without a word; ignored instead, a
+    stop signal in those last moments leaves the exit status the script chose."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 if os.path.basename(sys.argv[0]) in SCRIPTS:
     sys.excepthook = unable
+    atexit.register(_ignore_stop_signals)
     open_standard_streams()
     for _signal in STOP_SIGNALS:
         signal.signal(_signal, _stop)
+    # The figures are files, drawn with Agg: a bad MPLBACKEND stopped a run only at its end.
+    os.environ['MPLBACKEND'] = 'Agg'

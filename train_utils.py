@@ -332,7 +332,10 @@ def check_out_dir(out_dir, overwrite=False):
             f'--out_dir {out_dir} is a symbolic link to {os.readlink(out_dir)}, which does not '
             'exist; give a folder, or make the one it names.'
         )
-    held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
+    try:
+        held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
+    except OSError as e:  # a folder this user may not read
+        raise ValueError(f'cannot read --out_dir {out_dir} ({e.strerror}).') from None
     if held and not overwrite:
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
         hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))

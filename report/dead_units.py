@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import cifar10_utils  # noqa: E402
-from command_line import ArgumentParser, output_file  # noqa: E402
+from command_line import ArgumentParser, output_file, path  # noqa: E402
 from mlp_pytorch import MLP  # noqa: E402
 from train_utils import write_json  # noqa: E402
 
@@ -119,7 +119,9 @@ def main(argv=None):
     """Exit status: 0 written, 1 no data or a failed write, 128 + N stopped by signal N (Ctrl-C:
     130), before anything was written."""
     p = ArgumentParser(prog='dead_units.py', description=__doc__.split('\n\n')[0])
-    p.add_argument('--data_dir', default=cifar10_utils.default_data_dir(), help='CIFAR-10 folder')
+    p.add_argument(
+        '--data_dir', type=path, default=cifar10_utils.default_data_dir(), help='CIFAR-10 folder'
+    )
     p.add_argument('--out', default=OUT, type=output_file, help='the JSON file to write')
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

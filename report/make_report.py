@@ -251,6 +251,7 @@ def main(argv=None):
     p.add_argument('--no-pdf', action='store_true', help='figures and tables only, no PDF')
     args = p.parse_args(argv)
     stopped = []  # the signal that stopped it, even if a library swallowed its KeyboardInterrupt
+    kept = 'the files already written are complete'
 
     def stop(signum, frame):
         stopped.append(signum)
@@ -271,14 +272,13 @@ def main(argv=None):
                 f'make_report: error: {e.filename or "a file"}: {e.strerror or e}.', file=sys.stderr
             )
             return 1
-        except KeyboardInterrupt:
-            pass  # below
+        except KeyboardInterrupt as e:
+            kept = getattr(e, 'kept', kept)  # below
         finally:
             sys.unraisablehook = hook
     if stopped:
         print(
-            f'make_report: stopped by {signal.Signals(stopped[0]).name}; the files already '
-            'written are complete.',
+            f'make_report: stopped by {signal.Signals(stopped[0]).name}; {kept}.',
             file=sys.stderr,
         )
         return 128 + stopped[0]
@@ -350,15 +350,22 @@ def make(args, stopped):
             2,
         )
     tables = os.path.join(out_dir, 'tables')
-    for step in (  # (a stop a library swallowed ends it between steps)
-        lambda: write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures')),
-        lambda: write_tables(config, tables),
-        lambda: write_experiment_tables(config, tables),
-        lambda: write_benchmark_table(records['benchmark'], tables),
-    ):
-        if stopped:
-            raise KeyboardInterrupt
-        step()
+    made = not os.path.lexists(out_dir)  # then a report stopped or failed takes it away again
+    try:
+        for step in (  # (a stop a library swallowed ends it between steps)
+            lambda: write_figures(config, records['dead_units'], os.path.join(out_dir, 'figures')),
+            lambda: write_tables(config, tables),
+            lambda: write_experiment_tables(config, tables),
+            lambda: write_benchmark_table(records['benchmark'], tables),
+        ):
+            if stopped:
+                raise KeyboardInterrupt
+            step()
+    except BaseException as e:
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            e.kept = f'{out_dir}, which it had made, was removed'
+        raise
     print(f'make_report: figures in {out_dir}/figures, tables in {tables}')
     if not args.no_pdf:
         if out_dir != REPORT_DIR:  # report.tex inputs tables/ and figures/ next to it

@@ -159,7 +159,7 @@ def test_state_dict_resumes_the_batch_sequence(fake_cifar):
 def test_bad_batch_size(fake_cifar, size):
     train = get_cifar10(fake_cifar)['train']
     with pytest.raises(
-        ValueError, match='batch_size must be between 1 and the number of examples, 200,'
+        ValueError, match='batch_size must be an integer from 1 to the number of examples, 200,'
     ):
         train.next_batch(size)
 

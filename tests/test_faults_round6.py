@@ -233,6 +233,7 @@ def test_a_signal_while_the_report_draws(signum, tmp_path, capsys, monkeypatch):
         draw(config, dead_units, out)
 
     monkeypatch.setattr(make_report, 'write_figures', signalled)
+    (tmp_path / 'out').mkdir()  # (one the report makes goes again: test_faults_round16)
     assert report(runs_json, tmp_path / 'out') == 128 + signum
     name = signal.Signals(signum).name
     assert one_error(capsys) == (
@@ -275,6 +276,7 @@ def test_a_failed_write_names_its_file_and_leaves_nothing(tmp_path, capsys, monk
         report_tables.write(os.path.join(out, 'big.png'), TooLarge())
 
     monkeypatch.setattr(make_report, 'write_figures', failing)
+    (tmp_path / 'out').mkdir()  # (one the report makes goes again: test_faults_round16)
     assert report(runs_json, tmp_path / 'out') == 1
     figures = tmp_path / 'out' / 'figures'
     assert one_error(capsys) == f'make_report: error: {figures / "big.png"}: File too large.'
