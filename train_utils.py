@@ -336,6 +336,11 @@ def check_out_dir(out_dir, overwrite=False):
         held = os.path.isdir(out_dir) and [f for f in os.listdir(out_dir) if f != '.lock']
     except OSError as e:  # a folder this user may not read
         raise ValueError(f'cannot read --out_dir {out_dir} ({e.strerror}).') from None
+    if held and not overwrite and not {*RUN_FILES, 'best.json'} & set(held):  # (a grid's)
+        raise ValueError(
+            f'--out_dir {out_dir} is not empty, and what it holds is no run; choose a new or '
+            'an empty folder.'
+        )
     if held and not overwrite:
         lasts = [os.path.join(out_dir, f'last{ext}') for ext in ('.pt', '.npz')]
         hint = ''.join(f', continue it with --resume {p}' for p in lasts if os.path.exists(p))

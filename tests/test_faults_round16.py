@@ -235,3 +235,19 @@ def test_dead_units_checks_its_paths_first(flags, message, tmp_path, monkeypatch
     assert e.value.code == 2
     assert message in one_error(capsys)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_that_holds_files_but_no_run(fake_cifar, tmp_path, capsys):
+    """Probe 14: --out_dir tests (the project's sources) was said to hold a run, and the
+    sentence offered --overwrite."""
+    import train_mlp_numpy
+
+    out = tmp_path / 'sources'
+    out.mkdir()
+    (out / 'notes.py').write_text('kept')
+    assert train_mlp_numpy.main(small_run(fake_cifar, out)) == 2
+    assert one_error(capsys).endswith(
+        f'--out_dir {out} is not empty, and what it holds is no run; choose a new or an empty '
+        'folder.'
+    )
+    assert os.listdir(out) == ['notes.py']
