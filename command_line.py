@@ -334,10 +334,12 @@ def output_file(text):
     run's folder (its records are not to be replaced), and below a folder this user can write
     to (the nearest that exists: the script makes the rest), with a name that leaves room for
     its temporary file's (.NAME.PID.RANDOM.tmp)."""
+    from train_utils import NAME_MAX  # (which imports this module)
+
     if not text.strip():
         raise argparse.ArgumentTypeError('expected the path of a file to write, got an empty one')
     path = os.path.abspath(text)
-    if len(os.fsencode(os.path.basename(path))) > os.pathconf('/', 'PC_NAME_MAX') - 32:
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX - 32:
         raise argparse.ArgumentTypeError(f'{text} is too long a name for the file system.')
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f'{text} is a folder; give the path of a file to write.')

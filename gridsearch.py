@@ -385,8 +385,8 @@ def search(args, out_dir, argv):
         train, validation, test = data['train'], data['validation'], data['test']
         x, y = train.images, train.labels
         if n is not None and n > len(y):
-            left = f' left by --validation_size {args.validation_size}'
-            left = left if args.validation_size else ''
+            held_out = args.validation_size
+            left = f' left by --validation_size {held_out}' if held_out else ''
             raise ValueError(f'--subsample {n} is more than the {len(y)} training images{left}.')
         if n is not None and n < len(y):  # n images, each class in its share
             keep, _ = train_test_split(

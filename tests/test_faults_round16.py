@@ -17,6 +17,7 @@ from test_faults_round5 import dead_units, make_report, report
 
 import benchmark
 import cifar10_utils
+import train_mlp_numpy
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
@@ -240,8 +241,6 @@ def test_dead_units_checks_its_paths_first(flags, message, tmp_path, monkeypatch
 def test_a_folder_that_holds_files_but_no_run(fake_cifar, tmp_path, capsys):
     """Probe 14: --out_dir tests (the project's sources) was said to hold a run, and the
     sentence offered --overwrite."""
-    import train_mlp_numpy
-
     out = tmp_path / 'sources'
     out.mkdir()
     (out / 'notes.py').write_text('kept')
